@@ -1,0 +1,1 @@
+"""vtp_gen.losses"""

@@ -1,0 +1,52 @@
+"""Name -> factory registry for every model in the project (timm style).
+
+    @register_model("vtp-tiny")
+    def vtp_tiny(**overrides): ...
+
+    model = create_model("vtp-tiny", decoder_depth=2)
+
+Factories are plain functions returning an ``nn.Module``; keyword overrides
+are passed through so a preset is a starting point, not a cage.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+
+import torch.nn as nn
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    def decorator(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is registered twice")
+        _REGISTRY[name] = factory
+        return factory
+
+    return decorator
+
+
+def _import_all_model_modules() -> None:
+    # Importing the modules runs their @register_model decorators.
+    from vtp_gen.models import generators, tokenizer  # noqa: F401
+
+
+def list_models(prefix: str = "") -> list[str]:
+    _import_all_model_modules()
+    return sorted(n for n in _REGISTRY if n.startswith(prefix))
+
+
+def get_factory(name: str) -> Callable[..., nn.Module]:
+    _import_all_model_modules()
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.4)
+        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise KeyError(f"unknown model {name!r}{hint} (known: {', '.join(sorted(_REGISTRY))})")
+    return _REGISTRY[name]
+
+
+def create_model(name: str, **overrides) -> nn.Module:
+    return get_factory(name)(**overrides)
