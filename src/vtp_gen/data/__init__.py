@@ -1,1 +1,1 @@
-"""vtp_gen.data"""
+"""Data layer: image folders, image-text webdataset shards, the embedded Fashion-MNIST set."""

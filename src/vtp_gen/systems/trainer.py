@@ -1,0 +1,117 @@
+"""Lightning Trainer construction shared by every training step.
+
+One place decides precision, loggers (CSV + TensorBoard), checkpointing
+(atomic writes, ``last.ckpt`` as the resume point, corrupt files skipped) and
+progress bars, so stage 1 and stage 2 behave the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from vtp_gen.config import TrainerConfig
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write checkpoints to a temporary name and rename when complete; load without unpickling code.
+
+    A run killed mid-write leaves the previous checkpoint intact instead of a
+    truncated file under the real name.
+    """
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        try:
+            torch.save(checkpoint, tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+
+    def load_checkpoint(self, path, map_location=None, weights_only=True):
+        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+
+
+def checkpoint_is_readable(path: Path) -> bool:
+    try:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return True
+    except Exception:
+        return False
+
+
+def find_resume_checkpoint(checkpoint_dir: Path) -> Path | None:
+    """The newest readable checkpoint in ``checkpoint_dir`` (``last.ckpt`` first), warning about bad ones."""
+    checkpoint_dir = Path(checkpoint_dir)
+    if not checkpoint_dir.is_dir():
+        return None
+    candidates = sorted(
+        checkpoint_dir.glob("*.ckpt"), key=lambda p: (p.name != "last.ckpt", -p.stat().st_mtime)
+    )
+    for path in candidates:
+        if checkpoint_is_readable(path):
+            return path
+        warnings.warn(f"checkpoint {path} is truncated or corrupt; trying an older one", stacklevel=2)
+    return None
+
+
+def resolve_precision(cfg: TrainerConfig) -> str:
+    if cfg.precision != "auto":
+        return cfg.precision
+    # bf16 autocast on GPUs; never on this kind of CPU (bf16 matmul is ~5x slower than fp32 there).
+    return "bf16-mixed" if torch.cuda.is_available() and cfg.accelerator != "cpu" else "32-true"
+
+
+def build_trainer(
+    cfg: TrainerConfig, run_folder: Path, callbacks: list | None = None, **overrides
+) -> L.Trainer:
+    run_folder = Path(run_folder)
+    checkpointing = ModelCheckpoint(
+        dirpath=run_folder / "checkpoints",
+        filename="step{step:08d}",
+        auto_insert_metric_name=False,
+        every_n_train_steps=max(1, cfg.checkpoint_every_n_steps),
+        save_last=True,
+        save_top_k=1,  # the newest step checkpoint stays beside last.ckpt as a fallback
+    )
+    all_callbacks = [checkpointing, *(callbacks or [])]
+    if cfg.progress_bar:
+        all_callbacks.append(TQDMProgressBar(refresh_rate=max(1, cfg.log_every_n_steps // 2)))
+    loggers = [
+        CSVLogger(run_folder / "logs", name="", version=""),
+        TensorBoardLogger(run_folder / "logs", name="tensorboard", version="", default_hp_metric=False),
+    ]
+    kwargs = dict(
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
+        strategy=cfg.strategy,
+        precision=resolve_precision(cfg),
+        max_steps=cfg.max_steps,
+        accumulate_grad_batches=cfg.accumulate_grad_batches,
+        gradient_clip_val=cfg.gradient_clip_val or None,
+        log_every_n_steps=cfg.log_every_n_steps,
+        callbacks=all_callbacks,
+        logger=loggers,
+        plugins=[AtomicCheckpointIO()],
+        enable_progress_bar=cfg.progress_bar,
+        enable_model_summary=False,
+        default_root_dir=str(run_folder),
+        deterministic=False,
+        use_distributed_sampler=True,
+        num_sanity_val_steps=0,
+    )
+    kwargs.update(overrides)
+    return L.Trainer(**kwargs)
