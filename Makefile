@@ -2,6 +2,7 @@
 #   make setup stage1 stage2 eval        # the embedded default, end to end on CPU
 #   make stage1 ARGS="trainer.max_steps=100 run.name=try1"
 #   make stage1 CONFIG=configs/stage1/vtp_b.yaml DATA=configs/data/datacomp.yaml
+#   make stage1 CONFIG="configs/stage1/tiny.yaml configs/stage1/ae_only.yaml"   # recipes layer left to right
 
 SHELL := /bin/bash
 VENV ?= .venv
@@ -20,7 +21,7 @@ else
 TORCH_PAIR ?= torch==2.14.1 torchvision==0.29.1
 endif
 
-STEP_OPTS = $(if $(CONFIG),--config $(CONFIG)) $(if $(DATA),--data $(DATA)) $(ARGS)
+STEP_OPTS = $(foreach c,$(CONFIG),--config $(c)) $(if $(DATA),--data $(DATA)) $(ARGS)
 
 .PHONY: setup dataset weights stage1 cache stage2 sample eval tables scaling bench test test-slow lint clean-runs
 

@@ -69,3 +69,11 @@ def test_every_shipped_recipe_validates():
         schema = schema_for_recipe(recipe)
         if schema is not None:
             load_config(schema, recipe)
+
+
+def test_recipes_layer_left_to_right(tmp_path):
+    base, preset = tmp_path / "base.yaml", tmp_path / "preset.yaml"
+    base.write_text("lr: 0.5\ntrainer:\n  max_steps: 7\n")
+    preset.write_text("lr: 0.1\n")
+    cfg = load_config(Schema, [base, preset], ["trainer.log_every_n_steps=3"])
+    assert cfg.lr == 0.1 and cfg.trainer.max_steps == 7 and cfg.trainer.log_every_n_steps == 3

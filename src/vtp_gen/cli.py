@@ -109,14 +109,14 @@ def schema_for_recipe(path: str | Path) -> type | None:
     return _import(STEPS[step_name].schema)
 
 
-def build_config(step_name: str, recipe: str | None, data_recipe: str | None, overrides: list[str]):
+def build_config(step_name: str, recipes: list[str] | None, data_recipe: str | None, overrides: list[str]):
     step = STEPS[step_name]
     schema = _import(step.schema)
-    recipe_path = recipe or str(REPO_ROOT / step.default_recipe)
+    recipe_paths = recipes or [str(REPO_ROOT / step.default_recipe)]
     if data_recipe:
         data_values = OmegaConf.to_container(load_config(DataConfig, data_recipe))
         overrides = [f"data.{k}={v}" for k, v in data_values.items() if v is not None] + list(overrides)
-    return load_config(schema, recipe_path, overrides)
+    return load_config(schema, recipe_paths, overrides)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,7 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="step", required=True)
     for name, step in STEPS.items():
         p = sub.add_parser(name, help=step.help, description=step.help)
-        p.add_argument("--config", default=None, help=f"recipe YAML (default: {step.default_recipe})")
+        p.add_argument(
+            "--config",
+            action="append",
+            default=None,
+            help=f"recipe YAML, repeatable: later files override earlier ones (default: {step.default_recipe})",
+        )
         p.add_argument(
             "--data", default=None, help="a configs/data/*.yaml recipe merged into the data section"
         )

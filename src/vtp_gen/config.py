@@ -139,14 +139,19 @@ def _expected_type(schema: DictConfig, dotted_key: str) -> str:
 
 
 def load_config(
-    schema: type, recipe: str | Path | None = None, overrides: list[str] | None = None
+    schema: type, recipe: str | Path | list[str | Path] | None = None, overrides: list[str] | None = None
 ) -> DictConfig:
-    """Schema defaults <- recipe YAML <- ``key=value`` overrides, each layer validated."""
+    """Schema defaults <- recipe YAML(s) <- ``key=value`` overrides, each layer validated.
+
+    Several recipes merge left to right, so a preset can sit on top of a base
+    recipe (``[configs/stage1/tiny.yaml, configs/stage1/ae_only.yaml]``).
+    """
     if not dataclasses.is_dataclass(schema):
         raise TypeError(f"schema must be a dataclass type, got {schema!r}")
     cfg = OmegaConf.structured(schema)
-    if recipe is not None:
-        path = Path(recipe)
+    recipes = recipe if isinstance(recipe, (list, tuple)) else ([recipe] if recipe is not None else [])
+    for item in recipes:
+        path = Path(item)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         values = OmegaConf.load(path)
