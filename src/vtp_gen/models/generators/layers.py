@@ -1,0 +1,201 @@
+"""Building blocks of the DiT / SiT / LightningDiT family.
+
+Module and parameter names follow facebookresearch/DiT and hustvl/LightningDiT
+exactly (``qkv``, ``q_norm``, ``w12``, ``embedding_table``, ``mlp.0`` ...)
+because checkpoints of those repositories must load with ``strict=True``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor | None, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN modulation of a token sequence (B, N, D) by per-sample (B, D) vectors.
+
+    ``shift=None`` is LightningDiT's ``wo_shift`` variant (scale only).
+    """
+    x = x * (1 + scale.unsqueeze(1))
+    if shift is not None:
+        x = x + shift.unsqueeze(1)
+    return x
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm as in LightningDiT (Llama style): normalised in fp32, then scaled in the input dtype.
+
+    The fp32 statistics matter under bf16 autocast; the weight is applied after
+    casting back, as the reference does, so outputs match it bit for bit in fp32.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).type_as(x)
+        return normed * self.weight
+
+
+class SwiGLUFFN(nn.Module):
+    """SwiGLU feed-forward with the fused ``w12`` input projection of LightningDiT (DINOv2 naming).
+
+    The first half of ``w12``'s output is the SiLU gate, the second half the value.
+    """
+
+    def __init__(self, dim: int, hidden_dim: int, bias: bool = True):
+        super().__init__()
+        self.w12 = nn.Linear(dim, 2 * hidden_dim, bias=bias)
+        self.w3 = nn.Linear(hidden_dim, dim, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, value = self.w12(x).chunk(2, dim=-1)
+        return self.w3(F.silu(gate) * value)
+
+
+class AxialRotaryEmbedding(nn.Module):
+    """2-D RoPE over a square token grid, the EVA-02 "fast" variant LightningDiT uses.
+
+    Each head's channels are split in two halves: the first half rotates with the
+    token's row index, the second with its column index. Within a half, channel
+    pairs (2i, 2i+1) rotate together at frequency ``theta ** (-2i / half)``.
+    ``freqs_cos`` / ``freqs_sin`` are persistent buffers of shape
+    (grid_size**2, head_dim) because the reference checkpoints store them.
+    """
+
+    def __init__(self, head_dim: int, grid_size: int, theta: float = 10000.0):
+        super().__init__()
+        if head_dim % 4:
+            raise ValueError(f"2-D RoPE needs head_dim divisible by 4, got {head_dim}")
+        half = head_dim // 2
+        inv_freq = 1.0 / (theta ** (torch.arange(0, half, 2).float() / half))  # (half/2,)
+        positions = torch.arange(grid_size, dtype=torch.float32)
+        angles = torch.repeat_interleave(torch.outer(positions, inv_freq), 2, dim=-1)  # (G, half)
+        rows = angles[:, None, :].expand(grid_size, grid_size, half)
+        cols = angles[None, :, :].expand(grid_size, grid_size, half)
+        grid_angles = torch.cat([rows, cols], dim=-1).reshape(grid_size * grid_size, head_dim)
+        self.register_buffer("freqs_cos", grid_angles.cos())
+        self.register_buffer("freqs_sin", grid_angles.sin())
+
+    @staticmethod
+    def rotate_pairs(x: torch.Tensor) -> torch.Tensor:
+        """(x0, x1, x2, x3, ...) -> (-x1, x0, -x3, x2, ...): a quarter turn of each channel pair."""
+        pairs = x.unflatten(-1, (-1, 2))
+        return torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, heads, N, head_dim) with N = grid_size**2 in row-major patch order."""
+        return x * self.freqs_cos + self.rotate_pairs(x) * self.freqs_sin
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with optional QK-norm and RoPE (applied after the QK-norm, as the reference)."""
+
+    def __init__(self, dim: int, num_heads: int, qk_norm: bool = False, use_rmsnorm: bool = False):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"hidden size {dim} is not divisible by num_heads={num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=True)
+        if qk_norm:
+            # LightningDiT picks RMSNorm for QK-norm when the blocks use RMSNorm, else an affine LayerNorm.
+            norm = (lambda: RMSNorm(self.head_dim)) if use_rmsnorm else (lambda: nn.LayerNorm(self.head_dim))
+            self.q_norm, self.k_norm = norm(), norm()
+        else:
+            self.q_norm, self.k_norm = nn.Identity(), nn.Identity()
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, rope: AxialRotaryEmbedding | None = None) -> torch.Tensor:
+        batch, tokens, dim = x.shape
+        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = rope(q), rope(k)
+        x = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(x.transpose(1, 2).reshape(batch, tokens, dim))
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of (possibly fractional) times, cos half first (GLIDE / DiT order).
+
+    ``t`` is used as given: DiT checkpoints expect DDPM steps in [0, 1000),
+    SiT / LightningDiT (and everything trained here) expect flow times in [0, 1].
+    """
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t[:, None].float() * freqs[None]
+    embedding = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        embedding = torch.cat([embedding, torch.zeros_like(embedding[:, :1])], dim=-1)
+    return embedding
+
+
+class TimestepEmbedder(nn.Module):
+    """Sinusoidal features of t followed by a 2-layer SiLU MLP (keys ``mlp.0``, ``mlp.2``)."""
+
+    def __init__(self, hidden_size: int, frequency_embedding_size: int = 256):
+        super().__init__()
+        self.frequency_embedding_size = frequency_embedding_size
+        self.mlp = nn.Sequential(
+            nn.Linear(frequency_embedding_size, hidden_size),
+            nn.SiLU(),
+            nn.Linear(hidden_size, hidden_size),
+        )
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.mlp(timestep_embedding(t, self.frequency_embedding_size))
+
+
+class LabelEmbedder(nn.Module):
+    """Class embedding table with an extra "null class" row (id ``num_classes``) for classifier-free guidance.
+
+    During training each label is replaced by the null class with probability
+    ``dropout_prob``; the null row only exists when ``dropout_prob > 0``, as in DiT.
+    """
+
+    def __init__(self, num_classes: int, hidden_size: int, dropout_prob: float):
+        super().__init__()
+        self.num_classes = num_classes
+        self.dropout_prob = dropout_prob
+        self.embedding_table = nn.Embedding(num_classes + int(dropout_prob > 0), hidden_size)
+
+    def drop_labels(self, labels: torch.Tensor, force_drop_ids: torch.Tensor | None = None) -> torch.Tensor:
+        if force_drop_ids is None:
+            drop = torch.rand(labels.shape[0], device=labels.device) < self.dropout_prob
+        else:
+            drop = force_drop_ids == 1
+        return torch.where(drop, torch.full_like(labels, self.num_classes), labels)
+
+    def forward(
+        self, labels: torch.Tensor, train: bool, force_drop_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if (train and self.dropout_prob > 0) or force_drop_ids is not None:
+            labels = self.drop_labels(labels, force_drop_ids)
+        return self.embedding_table(labels)
+
+
+def sincos_1d(embed_dim: int, positions: torch.Tensor) -> torch.Tensor:
+    """(M,) positions -> (M, embed_dim): sin half then cos half (MAE convention), computed in float64."""
+    omega = 1.0 / 10000 ** (torch.arange(embed_dim // 2, dtype=torch.float64) / (embed_dim / 2))
+    angles = positions.reshape(-1).double()[:, None] * omega[None]
+    return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+
+def sincos_2d_pos_embed(embed_dim: int, grid_size: int) -> torch.Tensor:
+    """Fixed 2-D sin-cos position table (grid_size**2, embed_dim) in DiT / MAE layout.
+
+    Tokens are row-major; the first half of the channels encodes the column
+    index and the second half the row index (MAE's meshgrid puts w first).
+    """
+    if embed_dim % 4:
+        raise ValueError(f"sin-cos position embedding needs embed_dim divisible by 4, got {embed_dim}")
+    coords = torch.arange(grid_size, dtype=torch.float64)
+    rows, cols = torch.meshgrid(coords, coords, indexing="ij")
+    return torch.cat([sincos_1d(embed_dim // 2, cols), sincos_1d(embed_dim // 2, rows)], dim=1).float()
