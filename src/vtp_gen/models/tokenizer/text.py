@@ -1,0 +1,72 @@
+"""The CLIP text tower: OpenCLIP's causal text transformer, configured from VTPConfig.
+
+OpenCLIP's ``TextTransformer`` computes exactly what the official VTP text
+path computes (token + positional embedding, causal pre-norm blocks,
+``ln_final``, EOT/argmax pooling, projection), so we use it as is. Its
+parameter names are the official ones except for a prefix: the official model
+flattens the tower into the top level (``text_transformer.*``,
+``token_embedding``, ...); ``OFFICIAL_TEXT_NAMES`` records that mapping.
+"""
+
+from __future__ import annotations
+
+import torch
+from open_clip.transformer import LayerNorm, QuickGELU, TextTransformer
+from torch import Tensor, nn
+
+from vtp_gen.models.tokenizer.config import VTPConfig
+
+# Our name (under the model's ``text`` attribute) -> official top-level name.
+OFFICIAL_TEXT_NAMES = {
+    "transformer.": "text_transformer.",
+    "token_embedding.": "token_embedding.",
+    "positional_embedding": "positional_embedding",
+    "ln_final.": "ln_final.",
+    "text_projection": "text_projection",
+}
+
+
+class TextTower(TextTransformer):
+    """OpenCLIP text transformer plus input checks; ``encode`` returns the pooled, projected features."""
+
+    @classmethod
+    def from_config(cls, config: VTPConfig) -> TextTower:
+        return cls(
+            context_length=config.text_context_length,
+            vocab_size=config.text_vocab_size,
+            width=config.text_embed_dim,
+            heads=config.text_num_heads,
+            layers=config.text_depth,
+            mlp_ratio=config.text_mlp_ratio,
+            ls_init_value=config.text_ls_init_value,
+            output_dim=config.text_embed_dim,
+            embed_cls=config.text_embed_cls,
+            no_causal_mask=config.text_no_causal_mask,
+            pad_id=config.text_pad_id,
+            pool_type=config.text_pool_type,
+            proj_type=config.text_proj_type,
+            proj_bias=config.text_proj_bias,
+            act_layer=QuickGELU if config.text_quick_gelu else nn.GELU,
+            norm_layer=LayerNorm,
+            # Token outputs are never part of the CLIP feature; encode() returns pooled features only.
+            output_tokens=False,
+        )
+
+    def encode(self, tokens: Tensor) -> Tensor:
+        """Token ids (B, L<=context) -> text features (B, text_embed_dim), not normalised."""
+        if tokens.ndim != 2 or tokens.dtype not in (torch.int64, torch.int32):
+            raise ValueError(
+                f"expected integer token ids of shape (B, L), got {tokens.dtype} {tuple(tokens.shape)}"
+            )
+        length = tokens.shape[1]
+        if length > self.context_length:
+            raise ValueError(f"{length} tokens exceed the text context length {self.context_length}")
+        if length < self.context_length:
+            if self.attn_mask is None or self.pool_type != "argmax":
+                raise ValueError(
+                    f"expected {self.context_length} tokens per text (padding would change this tower's output)"
+                )
+            # Right-padding is exact here: the causal mask hides later positions from
+            # earlier ones and EOT (the largest id) keeps its place for argmax pooling.
+            tokens = nn.functional.pad(tokens, (0, self.context_length - length), value=self.pad_id)
+        return self(tokens.long())
