@@ -154,7 +154,7 @@ def save_pretrained(model: VTPModel, directory: str | Path) -> Path:
     config = model.config
     if config.uses_vtpgen_extensions or config.vision_patch_size != 16:
         warnings.warn(
-            "this tokenizer uses options the official code cannot build (register tokens, or a patch size "
+            "this tokenizer uses options the official code cannot build (register tokens, float32 RoPE, or a patch size "
             "other than 16 while the official pixel decoder hard-codes PixelShuffle(16)); "
             "the folder loads in vtp_gen only",
             stacklevel=2,

@@ -42,7 +42,10 @@ OFFICIAL_LAYOUT_TRANSFORMERS_VERSION = "5.24.0"
 
 # vtp_gen extensions. DINOv3-style register ("storage") tokens are not used by
 # the released models; the official code cannot load a checkpoint that has them.
-VTPGEN_ONLY_DEFAULTS: dict[str, Any] = {"vision_num_register_tokens": 0}
+# ``rope_dtype``: the official models rotate q/k in bfloat16; "float32" is ~1.3x
+# faster on CPUs without bf16 units and moves outputs by ~1e-5.
+VTPGEN_ONLY_DEFAULTS: dict[str, Any] = {"vision_num_register_tokens": 0, "rope_dtype": "bfloat16"}
+ROPE_DTYPES = ("bfloat16", "float32")
 
 
 @dataclass
@@ -94,6 +97,7 @@ class VTPConfig:
     nonscalar_logit_scale: bool = False
     # vtp_gen extensions (see VTPGEN_ONLY_DEFAULTS)
     vision_num_register_tokens: int = 0
+    rope_dtype: str = "bfloat16"
     # HF bookkeeping read from / written to config.json (architectures, dtype, ...).
     hf_metadata: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -114,6 +118,7 @@ class VTPConfig:
         choice("vision_clip_feat", CLIP_FEATURES)
         choice("text_pool_type", TEXT_POOL_TYPES)
         choice("text_proj_type", TEXT_PROJ_TYPES)
+        choice("rope_dtype", ROPE_DTYPES)
         # 2-D axial RoPE splits each head into 4 equal parts (sin/cos x rows/cols).
         for prefix in ("vision", "decoder"):
             dim, heads = getattr(self, f"{prefix}_embed_dim"), getattr(self, f"{prefix}_num_heads")

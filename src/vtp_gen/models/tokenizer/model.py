@@ -47,6 +47,7 @@ class VTPModel(nn.Module):
             use_qk_norm=config.vision_use_qk_norm,
             latent_channels=config.vision_feature_bottleneck,
             num_register_tokens=config.vision_num_register_tokens,
+            rope_dtype=getattr(torch, config.rope_dtype),
         )
         if config.train_clip:
             # CLIP reads the full-width features unless the bottleneck is shared (ae_only = False).
@@ -78,6 +79,7 @@ class VTPModel(nn.Module):
                 norm_layer=config.decoder_norm_layer,
                 layerscale_init=config.decoder_init_values,
                 use_qk_norm=config.decoder_use_qk_norm,
+                rope_dtype=getattr(torch, config.rope_dtype),
             )
         else:
             self.pixel_decoder = None

@@ -38,6 +38,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         text_num_heads=4,
         # Captions made from class labels are short; 32 positions leave ample room.
         text_context_length=32,
+        # CPUs without bf16 units rotate faster in float32; the official bf16 path is for
+        # reproducing released checkpoints, which this preset cannot be anyway (patch 4).
+        rope_dtype="float32",
     ),
     "vtp-s": dict(
         vision_embed_dim=384,
