@@ -1,0 +1,183 @@
+"""What a latent cache folder holds, and how it proves where its latents came from.
+
+Layout (the LightningDiT reader globs ``*.safetensors`` in the folder, so
+nothing else there may end in ``.safetensors``)::
+
+    latents_rank{R:02d}_shard{K:03d}.safetensors   latents, latents_flip, labels (+ indices)
+    latents_stats.pt                               {"mean", "std"}: (1, C, 1, 1) float32 tensors
+    manifest.json                                  ours: tokenizer, preprocessing, counts, checksums
+    config.yaml                                    the resolved config of the last run
+    progress/                                      only while caching: plan + one record per shard
+
+``K`` is the global shard number: shard K holds the images with global index in
+``[K * shard_size, (K + 1) * shard_size)``, whichever rank ``R`` wrote it. That
+makes the content of a shard independent of the number of ranks, so a cache
+can be resumed with a different number of GPUs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT_NAME = "vtp_gen.latent_cache"
+FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+STATS_FILE = "latents_stats.pt"
+PROGRESS_DIR = "progress"
+PLAN_FILE = "plan.json"
+SHARD_PATTERN = re.compile(r"^latents_rank(\d+)_shard(\d+)\.safetensors$")
+TMP_SUFFIX = ".tmp"
+
+
+class CacheMismatchError(ValueError):
+    """A cache that does not belong to the tokenizer, data or settings it is used with."""
+
+
+def shard_file_name(rank: int, shard: int) -> str:
+    return f"latents_rank{rank:02d}_shard{shard:03d}.safetensors"
+
+
+def shard_record_path(folder: Path, shard: int) -> Path:
+    return Path(folder) / PROGRESS_DIR / f"shard{shard:06d}.json"
+
+
+def temporary_path(final: Path) -> Path:
+    # Hidden and not ending in .safetensors: LightningDiT's glob never sees a partial file.
+    return final.with_name(f".{final.name}{TMP_SUFFIX}")
+
+
+def sha256_bytes(data: bytes | memoryview) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 24) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def tokenizer_weight_files(path: str | Path) -> list[Path]:
+    """The safetensors files holding a tokenizer's weights (one file, or an HF folder, possibly sharded)."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"tokenizer {path} does not exist: pass tokenizer=FOLDER (official VTP layout: config.json + "
+            "model.safetensors), e.g. the stage-1 export runs/<run.name>/stage1/tokenizer (`make stage1`) "
+            "or an official VTP-*-f16d64 folder"
+        )
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"tokenizer folder {path} holds no *.safetensors weights")
+    return files
+
+
+def tokenizer_identity(path: str | Path) -> dict[str, Any]:
+    """Path and content hash of a tokenizer; the hash (not the path) is what identifies it."""
+    path = Path(path).resolve()
+    digest = hashlib.sha256()
+    for file in tokenizer_weight_files(path):
+        digest.update(file.name.encode())
+        digest.update(bytes.fromhex(sha256_file(file)))
+    identity: dict[str, Any] = {"path": str(path), "weights_sha256": digest.hexdigest()}
+    config = path / "config.json" if path.is_dir() else None
+    if config is not None and config.is_file():
+        identity["config_sha256"] = sha256_file(config)
+    return identity
+
+
+def dataset_fingerprint(dataset) -> str:
+    """A hash of what a map-style labelled dataset holds, cheap enough for ImageNet.
+
+    In-memory sets (Fashion-MNIST) hash their pixels and labels; file-backed sets
+    hash their sorted (relative path, label) list, which changes when files are
+    added, removed, renamed or relabelled (not when a file is rewritten in place).
+    """
+    digest = hashlib.sha256()
+    digest.update(type(dataset).__name__.encode())
+    digest.update(str(len(dataset)).encode())
+    images, labels = getattr(dataset, "images", None), getattr(dataset, "labels", None)
+    files = getattr(dataset, "files", None)
+    if isinstance(images, np.ndarray) and isinstance(labels, np.ndarray):
+        digest.update(str(images.shape).encode())
+        digest.update(np.ascontiguousarray(images).tobytes())
+        digest.update(np.ascontiguousarray(labels.astype(np.int64)).tobytes())
+    elif files is not None:
+        root = Path(getattr(dataset, "root", "/"))
+        for file, label in files:
+            file = Path(file)
+            name = file.relative_to(root) if file.is_relative_to(root) else file
+            digest.update(f"{name}\t{int(label)}\n".encode())
+    else:
+        raise TypeError(
+            f"cannot fingerprint a {type(dataset).__name__}: latent caching needs a map-style labelled "
+            "dataset (data.source=fashion_mnist or image_folder)"
+        )
+    return digest.hexdigest()
+
+
+def read_json(path: Path) -> dict | None:
+    """The JSON object in ``path``, or None when the file is missing or unreadable."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def read_manifest(folder: str | Path) -> dict | None:
+    manifest = read_json(Path(folder) / MANIFEST_FILE)
+    if manifest is None or manifest.get("format") != FORMAT_NAME:
+        return None
+    return manifest
+
+
+def is_complete(folder: str | Path) -> bool:
+    manifest = read_manifest(folder)
+    return bool(manifest and manifest.get("complete"))
+
+
+def plan_differences(old: dict, new: dict) -> list[str]:
+    """Top-level (and one level down) keys whose values differ between two plans."""
+    diffs = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += [f"{key}.{k}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        elif a != b:
+            diffs.append(key)
+    return diffs
+
+
+def check_tokenizer(folder: str | Path, tokenizer: str | Path) -> dict:
+    """Refuse a cache that was not made with ``tokenizer`` (compared by weight hash).
+
+    Returns the manifest. Stage 2 calls this (through :class:`LatentDataset`),
+    because latents of one tokenizer decoded by another give garbage without
+    any error.
+    """
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    if manifest is None or not manifest.get("complete"):
+        raise FileNotFoundError(
+            f"{folder} is not a complete latent cache (no complete {MANIFEST_FILE}); run `make cache`"
+        )
+    made_with = manifest["tokenizer"]
+    wanted = tokenizer_identity(tokenizer)
+    if made_with["weights_sha256"] != wanted["weights_sha256"]:
+        raise CacheMismatchError(
+            f"latent cache {folder} was made with tokenizer {made_with['path']} (weights sha256 "
+            f"{made_with['weights_sha256'][:12]}), but this run is configured with {wanted['path']} "
+            f"(weights sha256 {wanted['weights_sha256'][:12]}). Latents of one tokenizer are meaningless to "
+            'another: re-cache with `make cache ARGS="tokenizer=... out_dir=..."` or point this run at the '
+            "tokenizer the cache was made with."
+        )
+    return manifest
