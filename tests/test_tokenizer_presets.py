@@ -83,3 +83,20 @@ def test_config_to_dict_has_exactly_the_official_keys():
     assert "vision_num_register_tokens" not in keys  # vtp_gen-only keys appear only when used
     assert {"architectures", "model_type", "dtype", "transformers_version"} <= keys
     assert VTPConfig.from_dict(VTPConfig().to_dict()) == VTPConfig()
+
+
+def test_presets_are_listed_by_the_registry():
+    from vtp_gen.models.registry import list_models
+
+    assert {"vtp-tiny", "vtp-s", "vtp-b", "vtp-l"} <= set(list_models("vtp-"))
+
+
+@pytest.mark.slow
+def test_real_vtp_b_builds_and_encodes_256px():
+    torch.manual_seed(0)
+    model = create_model("vtp-b").eval()
+    assert round(sum(p.numel() for p in model.parameters()) / 1e6, 1) == 295.6
+    with torch.no_grad():
+        latents = model.get_reconstruction_latents(torch.randn(1, 3, 256, 256))
+        assert latents.shape == (1, 64, 16, 16)
+        assert model.get_latents_decoded_images(latents).shape == (1, 3, 256, 256)

@@ -8,6 +8,13 @@ and ``model.safetensors`` (official tensor names; possibly sharded with
 
 Pickled checkpoints (``pytorch_model.bin``, ``*.pt``, ``*.pth``) are refused,
 never unpickled: unpickling runs arbitrary code from the file.
+
+Checked by hand against the official code (MiniMax-AI/VTP @ 5ce1eb6 with
+transformers 5.24.0): folders written here load there and every output is
+bit-identical, and vice versa. One upstream caveat: the official
+``VTPModel.from_pretrained`` leaves the text tower's causal mask (a
+non-persistent buffer) uninitialised under that transformers version, so its
+text features are garbage until the mask is rebuilt; ``load_tokenizer`` rebuilds it.
 """
 
 from __future__ import annotations
