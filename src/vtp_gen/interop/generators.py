@@ -116,20 +116,18 @@ def infer_config_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict
     return config
 
 
-def _uses_modern_blocks(config: Mapping) -> bool:
-    return any(
-        config.get(flag) for flag in ("use_qknorm", "use_swiglu", "use_rope", "use_rmsnorm", "wo_shift")
-    )
+def _guess_architecture(config: Mapping) -> str:
+    """The family of weights that do not record it: modern blocks mean LightningDiT, plain ones DiT."""
+    modern = ("use_qknorm", "use_swiglu", "use_rope", "use_rmsnorm", "wo_shift")
+    return "LightningDiT" if any(config.get(flag) for flag in modern) else "DiT"
 
 
 def _build(config: dict, architecture: str | None, overrides: dict) -> LightningDiT:
     config = {**config, **overrides}
     recorded = config.pop("architecture", None)
     architecture = architecture or recorded
-    if architecture is None:
-        architecture = (
-            "LightningDiT" if (_NOT_IN_DIT & config.keys() or _uses_modern_blocks(config)) else "DiT"
-        )
+    if architecture is None:  # a config.json: LightningDiT-only arguments also tell the family
+        architecture = "LightningDiT" if _NOT_IN_DIT & config.keys() else _guess_architecture(config)
     unknown = sorted(k for k in config if k not in _CONSTRUCTOR_ARGS and not k.startswith("_"))
     if unknown:
         raise ValueError(f"unknown generator arguments {unknown}; known: {sorted(_CONSTRUCTOR_ARGS)}")
@@ -195,10 +193,11 @@ def load_generator(
     elif path.suffix == ".safetensors":
         state_dict = _strip_prefix(load_file(path))
         config = infer_config_from_state_dict(state_dict)
+        architecture = architecture or _guess_architecture(config)
     elif path.suffix in (".pt", ".pth", ".ckpt"):
-        state_dict, detected, hints = _read_torch_checkpoint(path, use_ema)
+        state_dict, recorded, hints = _read_torch_checkpoint(path, use_ema)
         config = {**infer_config_from_state_dict(state_dict), **hints}
-        architecture = architecture or detected
+        architecture = architecture or recorded or _guess_architecture(config)
     else:
         raise ValueError(f"{path}: expected a folder, a .safetensors file or a .pt checkpoint")
     model = _build(config, architecture, overrides)
