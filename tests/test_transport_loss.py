@@ -125,3 +125,13 @@ def test_training_loss_decreases_on_toy_latents(single_thread):
         losses.append(loss.item())
     first, last = sum(losses[:20]) / 20, sum(losses[-20:]) / 20
     assert last < 0.7 * first, (first, last)
+
+
+def test_bf16_autocast_keeps_times_and_losses_in_float32():
+    model = create_model("LightningDiT-T/1", in_channels=4, input_size=8, depth=1)
+    latents = torch.randn(2, 4, 8, 8).bfloat16()
+    t = torch.tensor([0.1234567, 0.7654321])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = Transport(cosine_weight=1.0).training_losses(model, latents, t=t, y=torch.tensor([1, 2]))
+    assert out["t"].dtype == torch.float32 and torch.equal(out["t"], t)
+    assert all(out[k].dtype == torch.float32 for k in ("loss", "mse", "cosine"))

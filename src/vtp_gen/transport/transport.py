@@ -21,8 +21,11 @@ def velocity_losses(prediction: torch.Tensor, target: torch.Tensor) -> dict[str,
 
     ``mse``: mean squared error over all elements. ``cosine``: 1 - cosine
     similarity between the C-dimensional velocity vectors at each position,
-    averaged over positions (LightningDiT's ``use_cosine_loss``).
+    averaged over positions (LightningDiT's ``use_cosine_loss``). Computed in at
+    least float32: under bf16 autocast the prediction arrives in bf16.
     """
+    dtype = torch.promote_types(prediction.dtype, torch.float32)
+    prediction, target = prediction.to(dtype), target.to(dtype)
     return {
         "mse": mean_per_sample((prediction - target) ** 2),
         "cosine": mean_per_sample(1 - F.cosine_similarity(prediction, target, dim=1)),
@@ -83,8 +86,9 @@ class Transport:
             noise = torch.randn(x1.shape, device=x1.device, dtype=x1.dtype, generator=generator)
         if t is None:
             t = self.sample_times(x1.shape[0], x1.device, generator)
-        t = t.to(device=x1.device, dtype=x1.dtype)
-        prediction = model(interpolate(t, noise, x1), t, **model_kwargs)
+        # Times stay at least float32: bf16 latents would otherwise quantise t to ~3 significant digits.
+        t = t.to(device=x1.device, dtype=torch.promote_types(x1.dtype, torch.float32))
+        prediction = model(interpolate(t, noise, x1).to(x1.dtype), t, **model_kwargs)
         if prediction.shape != x1.shape:
             raise ValueError(
                 f"the model returned {tuple(prediction.shape)} for inputs {tuple(x1.shape)}; a velocity model must "
