@@ -49,8 +49,8 @@ def ode_sampler(
     method: ``"euler"`` and ``"heun"`` step along the grid of ``steps`` points
       (``time_grid(steps, shift)``: ``steps - 1`` updates; Heun costs 2 model calls
       per update). Any adaptive torchdiffeq method (``"dopri5"``, ...) integrates
-      with tolerances ``atol`` / ``rtol`` and ignores ``steps`` but for where it
-      reports the solution (the same grid as the reference, so identical results).
+      with tolerances ``atol`` / ``rtol``; for it the grid (the reference's) only
+      marks where the solution is reported. Unknown names fail in torchdiffeq.
     shift: timestep shift s of ``timesteps.shift_timesteps`` (<= 0: none).
     """
     method = METHOD_ALIASES.get(method, method)
