@@ -7,7 +7,12 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from vtp_gen.data.decode import Skipped
-from vtp_gen.data.multicrop import MultiCropAugmentation, MultiCropCollate, to_uint8_image
+from vtp_gen.data.multicrop import (
+    DINOV2_EFFECTIVE_BLUR,
+    MultiCropAugmentation,
+    MultiCropCollate,
+    to_uint8_image,
+)
 from vtp_gen.data.transforms import normalize
 
 G, L, N_LOCAL, PATCH = 32, 16, 3, 4
@@ -164,6 +169,9 @@ def test_recipe_probabilities_follow_dinov2():
     for pipeline in (aug.global_1, aug.global_2, aug.local):
         assert applied(pipeline, v2.ColorJitter) == [0.8]
         assert applied(pipeline, v2.RandomGrayscale) == [0.2]
+    reproduction = MultiCropAugmentation(G, L, N_LOCAL, blur_probabilities=DINOV2_EFFECTIVE_BLUR)
+    assert applied(reproduction.global_1, v2.GaussianBlur) == [0.0]
+    assert applied(reproduction.global_2, v2.GaussianBlur) == [0.9]
     assert aug.global_geometry.transforms[0].scale == (0.32, 1.0)
     assert aug.local_geometry.transforms[0].scale == (0.05, 0.32)
 

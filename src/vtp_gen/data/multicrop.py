@@ -6,13 +6,21 @@ Per image (DINOv2's augmentation recipe, torchvision.transforms.v2):
   (0.05, 0.32)) + horizontal flip;
 - colour: ColorJitter(0.4, 0.4, 0.2, 0.1) with p 0.8, grayscale with p 0.2;
 - Gaussian blur (kernel 9, sigma 0.1-2) with p 1.0 on the first global crop,
-  0.1 on the second, 0.5 on local crops; solarize (threshold 128) with p 0.2
-  on the second global crop only;
+  0.1 on the second, 0.5 on local crops (the DINO/BYOL values DINOv2's config
+  states); solarize (threshold 128) with p 0.2 on the second global crop only;
 - ImageNet mean/std normalisation.
 
 The same step also gives the plain ADM centre crop (``image``) that the CLIP
 and reconstruction branches read, so one DataLoader serves all three
-objectives. Randomness comes from torch's generator only (the masks draw a
+objectives.
+
+DINOv2's code inverts its blur probability (it hands 1 - p to RandomApply:
+facebookresearch/dinov2#411, dinov3#286), so its released models were in fact
+trained with blur probabilities (0.0, 0.9, 0.5). ``blur_probabilities`` takes
+either; the default is the stated recipe, ``DINOV2_EFFECTIVE_BLUR`` the
+reproduction of what ran.
+
+Randomness comes from torch's generator only (the masks draw a
 Python RNG seeded from it), so ``torch.manual_seed`` - or the per-worker seed
 the DataLoader sets - makes a batch reproducible.
 """
@@ -31,6 +39,10 @@ from torchvision.transforms.v2 import functional as TF
 from vtp_gen.data.decode import Skipped, collate_samples
 from vtp_gen.data.masking import BlockMaskGenerator, ibot_mask_weights, sample_batch_masks
 from vtp_gen.data.transforms import IMAGENET_MEAN, IMAGENET_STD, center_crop_arr, normalize, pil_to_tensor
+
+# Blur probabilities (first global crop, second global crop, local crops).
+STATED_BLUR = (1.0, 0.1, 0.5)
+DINOV2_EFFECTIVE_BLUR = (0.0, 0.9, 0.5)
 
 
 def to_uint8_image(image: Image.Image | torch.Tensor) -> tv_tensors.Image:
@@ -73,6 +85,7 @@ class MultiCropAugmentation:
         local_crop_scale: tuple[float, float] = (0.05, 0.32),
         image_size: int | None = None,
         blur_kernel_size: int = 9,
+        blur_probabilities: tuple[float, float, float] = STATED_BLUR,
     ) -> None:
         self.global_crop_size = global_crop_size
         self.local_crop_size = local_crop_size
@@ -100,11 +113,12 @@ class MultiCropAugmentation:
 
         self.global_geometry = geometry(global_crop_size, global_crop_scale)
         self.local_geometry = geometry(local_crop_size, local_crop_scale)
-        self.global_1 = v2.Compose([*colour, blur(1.0), *to_model_space])
+        blur_1, blur_2, blur_local = blur_probabilities
+        self.global_1 = v2.Compose([*colour, blur(blur_1), *to_model_space])
         self.global_2 = v2.Compose(
-            [*colour, blur(0.1), v2.RandomSolarize(threshold=128, p=0.2), *to_model_space]
+            [*colour, blur(blur_2), v2.RandomSolarize(threshold=128, p=0.2), *to_model_space]
         )
-        self.local = v2.Compose([*colour, blur(0.5), *to_model_space])
+        self.local = v2.Compose([*colour, blur(blur_local), *to_model_space])
 
     def centre_crop(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
         """The ADM centre crop used for latent caching, normalised (what CLIP and reconstruction see)."""

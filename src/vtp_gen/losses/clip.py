@@ -69,7 +69,9 @@ class CLIPLoss(nn.Module):
         self._clip_loss.rank = get_rank()
         self._clip_loss.world_size = get_world_size()
         scale = self.logit_scale_value(logit_scale).to(image_features.device)
-        return self._clip_loss(image_features.float(), text_features.float(), scale)
+        # fp32 logits: at a scale of 100, bf16 products would be off by ~0.4 in the logits.
+        with torch.autocast(device_type=image_features.device.type, enabled=False):
+            return self._clip_loss(image_features.float(), text_features.float(), scale.float())
 
 
 @torch.no_grad()

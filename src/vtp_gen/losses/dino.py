@@ -112,7 +112,9 @@ class DINOLoss(nn.Module):
     tensors (n_local * B, K) in the same order. Each student global crop is
     compared to the teacher's *other* global crop, each local crop to both;
     the result is the mean over those 2 + 2 * n_local (crop pair) terms of the
-    batch-mean cross-entropy, as in DINOv2.
+    batch-mean cross-entropy, as in DINOv2 (which divides by
+    2 + max(2 * n_local, 1), so by 3 without local crops; here always by the
+    number of terms present).
     """
 
     def __init__(
@@ -168,7 +170,9 @@ class iBOTPatchLoss(nn.Module):
     masked area: a patch of image i counts 1 / (masked patches of i), and the
     sum is divided by the number of global crops (2B, unmasked ones included),
     as in DINOv2. ``mask_weights`` (M,) may be passed in precomputed (the
-    multi-crop collate returns them).
+    multi-crop collate returns them). With the softmax centre, the centre is
+    an EMA of the mean over all ranks' masked patches (DINOv2 averages over its
+    padded buffer of teacher tokens instead, padding included).
     """
 
     def __init__(

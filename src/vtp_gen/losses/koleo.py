@@ -24,7 +24,9 @@ class KoLeoLoss(nn.Module):
         """(n, D) features -> scalar; with ``groups`` > 1 the rows are split into equal groups and the values summed."""
         if features.shape[0] % groups:
             raise ValueError(f"{features.shape[0]} rows do not split into {groups} equal groups")
-        return sum(self._single(chunk) for chunk in features.float().chunk(groups))
+        # fp32 throughout (as DINOv2): nearest-neighbour distances of unit vectors are small differences.
+        with torch.autocast(device_type=features.device.type, enabled=False):
+            return sum(self._single(chunk) for chunk in features.float().chunk(groups))
 
     def _single(self, features: Tensor) -> Tensor:
         if features.shape[0] < 2:
