@@ -8,6 +8,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "load_tokenizer": ("vtp_gen.interop.vtp", "load_tokenizer"),
+    "save_pretrained": ("vtp_gen.interop.vtp", "save_pretrained"),
     "load_generator": ("vtp_gen.interop.generators", "load_generator"),
     "create_model": ("vtp_gen.models.registry", "create_model"),
     "list_models": ("vtp_gen.models.registry", "list_models"),
