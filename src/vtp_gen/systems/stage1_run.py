@@ -1,0 +1,427 @@
+"""``vtp-gen stage1`` / ``make stage1``: pre-train the tokenizer, fine-tune its decoder, export, evaluate.
+
+    runs/<name>/stage1/config.yaml               resolved config
+                       checkpoints/              pre-training (Lightning; last.ckpt = resume point)
+                       logs/                     pre-training CSV + TensorBoard
+                       pretrained_tokenizer/     after pre-training (official VTP layout)
+                       decoder_finetune/         checkpoints/ + logs/ of the GAN fine-tune
+                       tokenizer/                the final tokenizer (official VTP layout)
+                       images/reconstructions.png, images/loss_curves.png
+                       metrics.json              final losses, held-out zero-shot top-1, recon L1/PSNR
+
+Rerunning the same command resumes each phase from its last checkpoint; on a
+finished run it says so and does nothing. Under DDP every rank runs this
+function; files are written by global rank 0, and the fine-tune phase takes
+the pre-trained weights from memory, so no rank waits on another's file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from vtp_gen.config import TrainerConfig
+from vtp_gen.data.build import build_dataset
+from vtp_gen.data.captions import CAPTION_TEMPLATES, article
+from vtp_gen.data.decode import collate_samples
+from vtp_gen.data.multicrop import MultiCropAugmentation, MultiCropCollate
+from vtp_gen.data.text_tokenizer import CLIPTextTokenizer
+from vtp_gen.data.transforms import CenterCropNormalize, denormalize
+from vtp_gen.interop.vtp import load_tokenizer
+from vtp_gen.models.registry import create_model
+from vtp_gen.models.tokenizer import VTPModel
+from vtp_gen.systems.decoder_finetune import OPTIMIZER_STEPS_PER_STEP, DecoderFinetune
+from vtp_gen.systems.stage1_data import Stage1Collate, Stage1DataModule, derive_seed
+from vtp_gen.systems.tokenizer_pretraining import TokenizerPretraining
+from vtp_gen.systems.trainer import build_trainer, find_resume_checkpoint
+from vtp_gen.utils.plots import plot_loss_curves, read_metrics
+from vtp_gen.utils.run_dir import prepare_run_dir, write_json_atomic
+
+PROGRESS_FILE = "progress.json"
+METRICS_FILE = "metrics.json"
+PRETRAIN_CURVES = (
+    "train/loss",
+    "train/clip_loss",
+    "train/ssl_loss",
+    "train/dino_loss",
+    "train/ibot_loss",
+    "train/koleo_loss",
+    "train/rec_loss",
+    "train/rec_l1",
+    "train/rec_lpips",
+    "train/logit_scale",
+    "train/teacher_temp",
+    "train/teacher_momentum",
+    "train/lr",
+)
+FINETUNE_CURVES = ("finetune/rec_loss", "finetune/gan_loss", "finetune/disc_loss", "finetune/adaptive_weight")
+
+
+# ---------------------------------------------------------------------- building blocks
+def build_tokenizer(cfg: DictConfig) -> VTPModel:
+    """The preset with the config's overrides; text tower / decoder follow the objective weights by default."""
+    overrides = dict(OmegaConf.to_container(cfg.model.overrides, resolve=True))
+    overrides.setdefault("image_size", cfg.data.image_size)
+    overrides.setdefault("train_clip", cfg.objectives.lambda_clip > 0)
+    overrides.setdefault("train_reconstruction", cfg.objectives.lambda_rec > 0)
+    # Same initial weights on every rank and for every rerun.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(cfg.run.seed, "init"))
+        return create_model(cfg.model.preset, **overrides)
+
+
+def build_pretraining_data(cfg: DictConfig, model: VTPModel) -> Stage1DataModule:
+    obj, ssl, data = cfg.objectives, cfg.ssl, cfg.data
+    patch = model.config.vision_patch_size
+    for name, size in (("data.image_size", data.image_size), ("ssl.global_crop_size", ssl.global_crop_size)):
+        if size % patch:
+            raise ValueError(f"{name}={size} is not a multiple of the patch size {patch}")
+    if ssl.n_local_crops and ssl.local_crop_size % patch:
+        raise ValueError(
+            f"ssl.local_crop_size={ssl.local_crop_size} is not a multiple of the patch size {patch}"
+        )
+    tokenizer = CLIPTextTokenizer(model.config.text_context_length) if obj.lambda_clip > 0 else None
+    multicrop = None
+    if obj.lambda_ssl > 0:
+        augmentation = MultiCropAugmentation(
+            global_crop_size=ssl.global_crop_size,
+            local_crop_size=ssl.local_crop_size,
+            n_local_crops=ssl.n_local_crops,
+            global_crop_scale=tuple(ssl.global_crop_scale),
+            local_crop_scale=tuple(ssl.local_crop_scale),
+            image_size=data.image_size,
+        )
+        multicrop = MultiCropCollate(
+            augmentation,
+            patch,
+            mask_ratio_range=(ssl.mask_ratio_min, ssl.mask_ratio_max),
+            mask_probability=ssl.mask_probability,
+            ssl_fraction=obj.ssl_fraction,
+            tokenizer=tokenizer,
+        )
+    collate = Stage1Collate(
+        data.batch_size,
+        data.image_size,
+        seed=cfg.run.seed,
+        tokenizer=tokenizer,
+        multicrop=multicrop,
+        rec_fraction=obj.rec_fraction if obj.lambda_rec > 0 else None,
+    )
+    return Stage1DataModule(data, collate, data.batch_size, cfg.run.seed, with_captions=obj.lambda_clip > 0)
+
+
+def build_finetune_data(cfg: DictConfig) -> Stage1DataModule:
+    batch_size = cfg.decoder_finetune.batch_size or cfg.data.batch_size
+    seed = derive_seed(cfg.run.seed, "decoder_finetune")
+    collate = Stage1Collate(batch_size, cfg.data.image_size, seed=seed)
+    return Stage1DataModule(
+        cfg.data,
+        collate,
+        batch_size,
+        seed,
+        with_captions=False,
+        optimizer_steps_per_batch=OPTIMIZER_STEPS_PER_STEP,
+    )
+
+
+def resolve_strategy(name: str):
+    """``fsdp`` shards per transformer block (encoder, decoder and text tower blocks); other names pass through."""
+    if name != "fsdp":
+        return name
+    from lightning.pytorch.strategies import FSDPStrategy
+    from open_clip.transformer import ResidualAttentionBlock
+
+    from vtp_gen.models.tokenizer.blocks import SelfAttentionBlock
+
+    # use_orig_params keeps the per-parameter names the EMA teacher update and the
+    # no-decay parameter groups rely on.
+    return FSDPStrategy(auto_wrap_policy={SelfAttentionBlock, ResidualAttentionBlock}, use_orig_params=True)
+
+
+def trainer_config(cfg: DictConfig, **changes) -> TrainerConfig:
+    values = OmegaConf.to_container(cfg.trainer, resolve=True)
+    return dataclasses.replace(TrainerConfig(**values), **changes)
+
+
+def keep_csv_history(log_dir: Path) -> None:
+    """Lightning's CSVLogger deletes an existing ``metrics.csv``; set it aside so a resumed run keeps its curves."""
+    current = log_dir / "metrics.csv"
+    if rank_zero_only.rank == 0 and current.is_file():
+        index = len(list(log_dir.glob("metrics.part*.csv")))
+        current.rename(log_dir / f"metrics.part{index:03d}.csv")
+
+
+def csv_logs(log_dir: Path) -> list[Path]:
+    """The CSV history of a phase, oldest first."""
+    return [*sorted(log_dir.glob("metrics.part*.csv")), log_dir / "metrics.csv"]
+
+
+def read_progress(folder: Path) -> dict:
+    path = folder / PROGRESS_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def record_progress(folder: Path, **values) -> None:
+    if rank_zero_only.rank == 0:
+        write_json_atomic(folder / PROGRESS_FILE, {**read_progress(folder), **values})
+
+
+def is_complete_tokenizer(directory: Path) -> bool:
+    return (directory / "config.json").is_file() and (directory / "model.safetensors").is_file()
+
+
+# ---------------------------------------------------------------------- phases
+def pretrain(cfg: DictConfig, folder: Path) -> VTPModel | None:
+    """Phase 1; returns the trained tokenizer (None when an earlier run finished this phase)."""
+    target = folder / "pretrained_tokenizer"
+    if read_progress(folder).get("pretrain_steps") == cfg.trainer.max_steps and is_complete_tokenizer(target):
+        print(f"stage1: pre-training already done ({cfg.trainer.max_steps} steps), using {target}")
+        return None
+    model = build_tokenizer(cfg)
+    system = TokenizerPretraining(
+        model, cfg.objectives, cfg.ssl, cfg.optim, total_steps=cfg.trainer.max_steps, seed=cfg.run.seed
+    )
+    datamodule = build_pretraining_data(cfg, model)
+    resume = find_resume_checkpoint(folder / "checkpoints")
+    if resume is not None:
+        print(f"stage1: resuming pre-training from {resume}")
+        keep_csv_history(folder / "logs")
+    trainer = build_trainer(
+        cfg.trainer, folder, use_distributed_sampler=False, strategy=resolve_strategy(cfg.trainer.strategy)
+    )
+    started = time.time()
+    trainer.fit(system, datamodule=datamodule, ckpt_path=resume)
+    if trainer.global_step < cfg.trainer.max_steps:
+        raise RuntimeError(f"pre-training stopped at step {trainer.global_step} of {cfg.trainer.max_steps}")
+    if trainer.is_global_zero:
+        system.export_tokenizer(target)
+        record_progress(folder, pretrain_steps=cfg.trainer.max_steps, pretrain_seconds=time.time() - started)
+    return model
+
+
+def finetune_decoder(cfg: DictConfig, folder: Path, model: VTPModel | None) -> None:
+    """Phase 2 (or a copy of the pre-trained tokenizer when it is disabled)."""
+    ft = cfg.decoder_finetune
+    target = folder / "tokenizer"
+    pretrained = folder / "pretrained_tokenizer"
+    if model is None:
+        model = load_tokenizer(pretrained, eval_mode=False)
+    if not ft.enabled or model.pixel_decoder is None:
+        if rank_zero_only.rank == 0:
+            shutil.copytree(pretrained, target, dirs_exist_ok=True)
+            record_progress(folder, finetune_steps=0)
+        return
+    if read_progress(folder).get("finetune_steps") == ft.max_steps and is_complete_tokenizer(target):
+        print(f"stage1: decoder fine-tune already done ({ft.max_steps} steps), using {target}")
+        return
+    from vtp_gen.models.discriminator import PatchDiscriminator
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(cfg.run.seed, "discriminator"))
+        discriminator = PatchDiscriminator(
+            channels=ft.disc_channels, n_layers=ft.disc_layers, norm=ft.disc_norm
+        )
+    system = DecoderFinetune(model, discriminator, ft)
+    phase_folder = folder / "decoder_finetune"
+    resume = find_resume_checkpoint(phase_folder / "checkpoints")
+    if resume is not None:
+        print(f"stage1: resuming decoder fine-tune from {resume}")
+        keep_csv_history(phase_folder / "logs")
+    # Two optimiser steps per training step (see DecoderFinetune); clipping is done by the system.
+    steps = OPTIMIZER_STEPS_PER_STEP
+    trainer = build_trainer(
+        trainer_config(
+            cfg,
+            max_steps=ft.max_steps * steps,
+            checkpoint_every_n_steps=cfg.trainer.checkpoint_every_n_steps * steps,
+            accumulate_grad_batches=1,
+            gradient_clip_val=0.0,
+        ),
+        phase_folder,
+        use_distributed_sampler=False,
+        strategy=resolve_strategy(cfg.trainer.strategy),
+    )
+    started = time.time()
+    trainer.fit(system, datamodule=build_finetune_data(cfg), ckpt_path=resume)
+    if system.finetune_step < ft.max_steps:
+        raise RuntimeError(f"decoder fine-tune stopped at step {system.finetune_step} of {ft.max_steps}")
+    if trainer.is_global_zero:
+        system.export_tokenizer(target)
+        record_progress(folder, finetune_steps=ft.max_steps, finetune_seconds=time.time() - started)
+
+
+# ---------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def evaluate_tokenizer(cfg: DictConfig, tokenizer: VTPModel, images_dir: Path) -> dict:
+    """Held-out reconstruction L1 / PSNR, a reconstruction grid, and zero-shot top-1 (when CLIP was trained)."""
+    ev = cfg.evaluation
+    dataset = build_dataset(
+        cfg.data, transform=CenterCropNormalize(cfg.data.image_size), with_captions=False, split=ev.split
+    )
+    out: dict = {"split": ev.split}
+    limit = len(dataset) if not ev.reconstruction_images else min(ev.reconstruction_images, len(dataset))
+    l1_sum, psnr_sum, count, grid = 0.0, 0.0, 0, None
+    if tokenizer.pixel_decoder is not None:
+        for batch in _batches(dataset, limit, ev.batch_size):
+            originals = denormalize(batch["image"]).clamp(0, 1)
+            decoded = denormalize(tokenizer.decode(tokenizer.encode_latents(batch["image"]))).clamp(0, 1)
+            l1_sum += (decoded - originals).abs().mean(dim=(1, 2, 3)).sum().item()
+            # PSNR on 8-bit pixels, as reported for tokenizers (rPSNR).
+            mse = ((decoded * 255).round() - (originals * 255).round()).pow(2).mean(dim=(1, 2, 3))
+            psnr_sum += (10 * torch.log10(255.0**2 / mse.clamp(min=1e-10))).sum().item()
+            count += len(originals)
+            if grid is None:
+                n = min(ev.grid_images, len(originals))
+                grid = torch.cat([originals[:n], decoded[:n]])
+        out["reconstruction"] = {"images": count, "l1": l1_sum / count, "psnr": psnr_sum / count}
+        save_reconstruction_grid(grid, images_dir / "reconstructions.png", columns=grid.shape[0] // 2)
+    class_names = getattr(dataset, "class_names", None)
+    if tokenizer.text is not None and class_names:
+        limit = len(dataset) if not ev.zero_shot_images else min(ev.zero_shot_images, len(dataset))
+        out["zero_shot"] = zero_shot_top1(tokenizer, dataset, class_names, limit, ev.batch_size)
+    return out
+
+
+def _batches(dataset, limit: int, batch_size: int):
+    for start in range(0, limit, batch_size):
+        yield collate_samples([dataset[i] for i in range(start, min(start + batch_size, limit))])
+
+
+def save_reconstruction_grid(images: torch.Tensor, path: Path, columns: int, upscale: int = 2) -> Path:
+    """Originals (top row) above their reconstructions (bottom row); small images are enlarged for viewing."""
+    from torchvision.utils import save_image
+
+    if upscale > 1:
+        images = torch.nn.functional.interpolate(images, scale_factor=upscale, mode="nearest")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(images, path, nrow=columns, padding=2, pad_value=1.0)
+    return path
+
+
+@torch.no_grad()
+def zero_shot_top1(tokenizer: VTPModel, dataset, class_names, limit: int, batch_size: int) -> dict:
+    """CLIP zero-shot: class embedding = mean of the normalised embeddings of its prompts, top-1 over classes."""
+    text_tokenizer = CLIPTextTokenizer(tokenizer.config.text_context_length)
+    class_embeddings = []
+    for name in class_names:
+        prompts = [t.format(a=article(name), c=name) for t in CAPTION_TEMPLATES]
+        embedding = tokenizer.encode_text(text_tokenizer(prompts), normalize=True).mean(dim=0)
+        class_embeddings.append(torch.nn.functional.normalize(embedding, dim=0))
+    classifier = torch.stack(class_embeddings)
+    correct = total = 0
+    for batch in _batches(dataset, limit, batch_size):
+        logits = tokenizer.encode_image(batch["image"], normalize=True) @ classifier.T
+        correct += (logits.argmax(dim=1) == batch["label"]).sum().item()
+        total += len(batch["label"])
+    return {
+        "top1": correct / total,
+        "images": total,
+        "classes": len(class_names),
+        "chance": 1 / len(class_names),
+    }
+
+
+def final_values(metrics: dict[str, list[tuple[int, float]]], prefix: str, window: int = 20) -> dict:
+    """Per logged key: first and last value and the mean of the last ``window`` values (raw values are noisy)."""
+    out = {}
+    for key, series in metrics.items():
+        if key.startswith(prefix) and series:
+            values = [v for _, v in series]
+            tail = values[-window:]
+            out[key] = {"first": values[0], "last": values[-1], "last_mean": sum(tail) / len(tail)}
+    return out
+
+
+def write_report(cfg: DictConfig, folder: Path) -> dict:
+    """Loss curves, reconstruction grid, evaluation, ``metrics.json`` (rank 0)."""
+    images_dir = folder / "images"
+    logged = {
+        **read_metrics(csv_logs(folder / "logs")),
+        **read_metrics(csv_logs(folder / "decoder_finetune" / "logs")),
+    }
+    plot_loss_curves(
+        logged,
+        [*PRETRAIN_CURVES, *FINETUNE_CURVES],
+        images_dir / "loss_curves.png",
+        title=f"stage 1: {cfg.run.name}",
+    )
+    tokenizer = load_tokenizer(folder / "tokenizer")
+    started = time.time()
+    evaluation = evaluate_tokenizer(cfg, tokenizer, images_dir)
+    progress = read_progress(folder)
+    metrics = {
+        "tokenizer": str(folder / "tokenizer"),
+        "objectives": {k: cfg.objectives[k] for k in ("lambda_clip", "lambda_ssl", "lambda_rec")},
+        "pretrain_steps": progress.get("pretrain_steps"),
+        "finetune_steps": progress.get("finetune_steps"),
+        "seconds": {
+            "pretrain": progress.get("pretrain_seconds"),
+            "finetune": progress.get("finetune_seconds"),
+            "evaluation": time.time() - started,
+        },
+        "pretrain": final_values(logged, "train/"),
+        "finetune": final_values(logged, "finetune/"),
+        "data_issues": {k: v[-1][1] for k, v in logged.items() if k.startswith("data/")},
+        "evaluation": evaluation,
+    }
+    write_json_atomic(folder / METRICS_FILE, metrics)
+    return metrics
+
+
+def finetune_steps_wanted(cfg: DictConfig) -> int:
+    has_decoder = cfg.model.overrides.get("train_reconstruction", cfg.objectives.lambda_rec > 0)
+    return cfg.decoder_finetune.max_steps if cfg.decoder_finetune.enabled and has_decoder else 0
+
+
+def is_finished(cfg: DictConfig, folder: Path) -> bool:
+    progress = read_progress(folder)
+    return (
+        (folder / METRICS_FILE).is_file()
+        and is_complete_tokenizer(folder / "tokenizer")
+        and progress.get("pretrain_steps") == cfg.trainer.max_steps
+        and progress.get("finetune_steps") == finetune_steps_wanted(cfg)
+    )
+
+
+def summary_line(metrics: dict) -> str:
+    evaluation = metrics.get("evaluation", {})
+    parts = []
+    if "reconstruction" in evaluation:
+        rec = evaluation["reconstruction"]
+        parts.append(f"held-out recon L1 {rec['l1']:.4f}, PSNR {rec['psnr']:.2f} dB ({rec['images']} images)")
+    if "zero_shot" in evaluation:
+        zs = evaluation["zero_shot"]
+        parts.append(
+            f"zero-shot top-1 {100 * zs['top1']:.1f}% ({zs['images']} images, chance {100 * zs['chance']:.0f}%)"
+        )
+    return "; ".join(parts)
+
+
+# ---------------------------------------------------------------------- entry point
+def run(cfg: DictConfig) -> dict | None:
+    """The whole stage; returns the metrics on global rank 0 (None on other ranks)."""
+    folder = prepare_run_dir(cfg, "stage1")
+    if is_finished(cfg, folder):
+        metrics = json.loads((folder / METRICS_FILE).read_text())
+        print(f"stage1: already complete in {folder} (tokenizer: {folder / 'tokenizer'}); nothing to do.")
+        print(f"stage1: {summary_line(metrics)}")
+        return metrics
+    L.seed_everything(cfg.run.seed, workers=True, verbose=False)
+    model = pretrain(cfg, folder)
+    finetune_decoder(cfg, folder, model)
+    if rank_zero_only.rank != 0:
+        return None
+    metrics = write_report(cfg, folder)
+    print(f"stage1: done, tokenizer in {folder / 'tokenizer'}; {summary_line(metrics)}")
+    if not math.isfinite(metrics["pretrain"].get("train/loss", {}).get("last", 0.0)):
+        raise RuntimeError("pre-training loss is not finite; see the loss curves")
+    return metrics
