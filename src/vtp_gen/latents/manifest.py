@@ -75,6 +75,12 @@ def tokenizer_weight_files(path: str | Path) -> list[Path]:
             "model.safetensors), e.g. the stage-1 export runs/<run.name>/stage1/tokenizer (`make stage1`) "
             "or an official VTP-*-f16d64 folder"
         )
+    # The files load_tokenizer reads: model.safetensors, else the shards its index names.
+    if (path / "model.safetensors").is_file():
+        return [path / "model.safetensors"]
+    index = read_json(path / "model.safetensors.index.json")
+    if index is not None and "weight_map" in index:
+        return [path / name for name in sorted(set(index["weight_map"].values()))]
     files = sorted(path.glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"tokenizer folder {path} holds no *.safetensors weights")
