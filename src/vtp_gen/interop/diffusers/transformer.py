@@ -1,0 +1,93 @@
+"""``LightningDiTTransformer2DModel``: our DiT / SiT / LightningDiT generator as a diffusers model.
+
+The config keys are the reference constructor arguments (those of
+``vtp_gen.models.generators.LightningDiT``, i.e. of hustvl/LightningDiT), so
+``transformer.config`` reads like the generator's own ``config.json``. The
+network is held as ``self.model``; its weights are stored under
+``model.<reference key>``.
+
+Time convention: ``forward(hidden_states, timestep, class_labels)`` is the
+generator's own call. For SiT / LightningDiT ``timestep`` is the flow time in
+[0, 1] with 0 = noise and 1 = data, and the output is the velocity
+``x_data - noise`` (for a DiT checkpoint: the DDPM step and eps). The pipeline
+converts from the scheduler's convention (sigma = 1 - t, velocity
+``noise - x_data``) in one place.
+"""
+
+from __future__ import annotations
+
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_outputs import Transformer2DModelOutput
+from diffusers.models.modeling_utils import ModelMixin
+from torch import Tensor
+
+from vtp_gen.models.generators import LightningDiT
+
+
+class LightningDiTTransformer2DModel(ModelMixin, ConfigMixin):
+    """Class-conditional latent transformer; arguments and defaults are ``LightningDiT``'s."""
+
+    _supports_gradient_checkpointing = False
+
+    @register_to_config
+    def __init__(
+        self,
+        input_size: int = 32,
+        patch_size: int = 2,
+        in_channels: int = 32,
+        hidden_size: int = 1152,
+        depth: int = 28,
+        num_heads: int = 16,
+        mlp_ratio: float = 4.0,
+        class_dropout_prob: float = 0.1,
+        num_classes: int = 1000,
+        learn_sigma: bool = False,
+        use_qknorm: bool = False,
+        use_swiglu: bool = False,
+        use_rope: bool = False,
+        use_rmsnorm: bool = False,
+        wo_shift: bool = False,
+        use_checkpoint: bool = False,
+        return_sigma: bool = False,
+    ):
+        super().__init__()
+        self.model = LightningDiT(
+            input_size=input_size,
+            patch_size=patch_size,
+            in_channels=in_channels,
+            hidden_size=hidden_size,
+            depth=depth,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            class_dropout_prob=class_dropout_prob,
+            num_classes=num_classes,
+            learn_sigma=learn_sigma,
+            use_qknorm=use_qknorm,
+            use_swiglu=use_swiglu,
+            use_rope=use_rope,
+            use_rmsnorm=use_rmsnorm,
+            wo_shift=wo_shift,
+            use_checkpoint=use_checkpoint,
+            return_sigma=return_sigma,
+        )
+
+    @classmethod
+    def from_generator(cls, generator: LightningDiT) -> LightningDiTTransformer2DModel:
+        """Wrap a trained generator (weights copied; e.g. the EMA weights a stage-2 run exports)."""
+        transformer = cls(**generator.config)
+        transformer.model.load_state_dict(generator.state_dict(), strict=True)
+        transformer.to(next(generator.parameters()).device)
+        return transformer.eval()
+
+    def to_generator(self) -> LightningDiT:
+        """The wrapped generator (shared weights): ``transport.sample`` and ``save_generator`` take it."""
+        return self.model
+
+    def forward(
+        self, hidden_states: Tensor, timestep: Tensor, class_labels: Tensor, return_dict: bool = True
+    ) -> Transformer2DModelOutput | tuple[Tensor]:
+        """Latents (B, C, H, W), flow times (B,) in [0, 1] (0 = noise), labels (B,) -> velocity (B, C, H, W)."""
+        if timestep.dim() == 0:
+            timestep = timestep.expand(hidden_states.shape[0])
+        output = self.model(hidden_states, timestep, class_labels)
+        return Transformer2DModelOutput(sample=output) if return_dict else (output,)
