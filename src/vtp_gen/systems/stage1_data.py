@@ -201,6 +201,7 @@ class Stage1DataModule(L.LightningDataModule):
         seed: int,
         with_captions: bool,
         optimizer_steps_per_batch: int = 1,
+        dataset: Dataset | IterableDataset | None = None,
     ) -> None:
         super().__init__()
         self.data = data
@@ -210,7 +211,8 @@ class Stage1DataModule(L.LightningDataModule):
         self.with_captions = with_captions
         # Lightning's global_step counts optimiser steps: more than one per batch with two optimisers.
         self.optimizer_steps_per_batch = optimizer_steps_per_batch
-        self._dataset: Dataset | IterableDataset | None = None
+        # Built from ``data`` on first use unless given (tests, custom sources).
+        self._dataset = dataset
 
     def dataset(self) -> Dataset | IterableDataset:
         if self._dataset is None:

@@ -79,7 +79,8 @@ def build_tokenizer(cfg: DictConfig) -> VTPModel:
         return create_model(cfg.model.preset, **overrides)
 
 
-def build_pretraining_data(cfg: DictConfig, model: VTPModel) -> Stage1DataModule:
+def build_pretraining_data(cfg: DictConfig, model: VTPModel, dataset=None) -> Stage1DataModule:
+    """Batches for :class:`TokenizerPretraining`; ``dataset`` replaces the one ``cfg.data`` names."""
     obj, ssl, data = cfg.objectives, cfg.ssl, cfg.data
     patch = model.config.vision_patch_size
     for name, size in (("data.image_size", data.image_size), ("ssl.global_crop_size", ssl.global_crop_size)):
@@ -116,10 +117,13 @@ def build_pretraining_data(cfg: DictConfig, model: VTPModel) -> Stage1DataModule
         multicrop=multicrop,
         rec_fraction=obj.rec_fraction if obj.lambda_rec > 0 else None,
     )
-    return Stage1DataModule(data, collate, data.batch_size, cfg.run.seed, with_captions=obj.lambda_clip > 0)
+    return Stage1DataModule(
+        data, collate, data.batch_size, cfg.run.seed, with_captions=obj.lambda_clip > 0, dataset=dataset
+    )
 
 
-def build_finetune_data(cfg: DictConfig) -> Stage1DataModule:
+def build_finetune_data(cfg: DictConfig, dataset=None) -> Stage1DataModule:
+    """Centre-cropped images for :class:`DecoderFinetune` (captions and views are not needed)."""
     batch_size = cfg.decoder_finetune.batch_size or cfg.data.batch_size
     seed = derive_seed(cfg.run.seed, "decoder_finetune")
     collate = Stage1Collate(batch_size, cfg.data.image_size, seed=seed)
@@ -130,6 +134,7 @@ def build_finetune_data(cfg: DictConfig) -> Stage1DataModule:
         seed,
         with_captions=False,
         optimizer_steps_per_batch=OPTIMIZER_STEPS_PER_STEP,
+        dataset=dataset,
     )
 
 
