@@ -31,11 +31,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from vtp_gen.config import TrainerConfig
 from vtp_gen.data.build import build_dataset
-from vtp_gen.data.captions import CAPTION_TEMPLATES, article
 from vtp_gen.data.decode import collate_samples
 from vtp_gen.data.multicrop import MultiCropAugmentation, MultiCropCollate
 from vtp_gen.data.text_tokenizer import CLIPTextTokenizer
-from vtp_gen.data.transforms import CenterCropNormalize, denormalize
+from vtp_gen.data.transforms import CenterCropNormalize, denormalize, to_uint8
 from vtp_gen.interop.vtp import load_tokenizer
 from vtp_gen.models.registry import create_model
 from vtp_gen.models.tokenizer import VTPModel
@@ -267,33 +266,59 @@ def finetune_decoder(cfg: DictConfig, folder: Path, model: VTPModel | None) -> N
 # ---------------------------------------------------------------------- evaluation
 @torch.no_grad()
 def evaluate_tokenizer(cfg: DictConfig, tokenizer: VTPModel, images_dir: Path) -> dict:
-    """Held-out reconstruction L1 / PSNR, a reconstruction grid, and zero-shot top-1 (when CLIP was trained)."""
+    """Held-out reconstruction L1 / PSNR / SSIM, a reconstruction grid, and zero-shot accuracy (when CLIP was trained).
+
+    PSNR and SSIM come from :mod:`vtp_gen.metrics.reconstruction` (8-bit pixels,
+    as reported for tokenizers); L1 is the mean absolute error in [0, 1]; the
+    zero-shot protocol is :mod:`vtp_gen.metrics.zero_shot`.
+    """
+    from vtp_gen.metrics.reconstruction import ReconstructionMetrics
+
     ev = cfg.evaluation
     dataset = build_dataset(
         cfg.data, transform=CenterCropNormalize(cfg.data.image_size), with_captions=False, split=ev.split
     )
     out: dict = {"split": ev.split}
-    limit = len(dataset) if not ev.reconstruction_images else min(ev.reconstruction_images, len(dataset))
-    l1_sum, psnr_sum, count, grid = 0.0, 0.0, 0, None
     if tokenizer.pixel_decoder is not None:
+        limit = min(ev.reconstruction_images or len(dataset), len(dataset))
+        metrics, l1_sum, grid = ReconstructionMetrics(), 0.0, None
         for batch in _batches(dataset, limit, ev.batch_size):
-            originals = denormalize(batch["image"]).clamp(0, 1)
-            decoded = denormalize(tokenizer.decode(tokenizer.encode_latents(batch["image"]))).clamp(0, 1)
-            l1_sum += (decoded - originals).abs().mean(dim=(1, 2, 3)).sum().item()
-            # PSNR on 8-bit pixels, as reported for tokenizers (rPSNR).
-            mse = ((decoded * 255).round() - (originals * 255).round()).pow(2).mean(dim=(1, 2, 3))
-            psnr_sum += (10 * torch.log10(255.0**2 / mse.clamp(min=1e-10))).sum().item()
-            count += len(originals)
+            decoded = tokenizer.decode(tokenizer.encode_latents(batch["image"]))
+            originals_01, decoded_01 = (denormalize(x).clamp(0, 1) for x in (batch["image"], decoded))
+            l1_sum += (decoded_01 - originals_01).abs().mean(dim=(1, 2, 3)).sum().item()
+            metrics.update(*(to_uint8(x).permute(0, 3, 1, 2) for x in (batch["image"], decoded)))
             if grid is None:
-                n = min(ev.grid_images, len(originals))
-                grid = torch.cat([originals[:n], decoded[:n]])
-        out["reconstruction"] = {"images": count, "l1": l1_sum / count, "psnr": psnr_sum / count}
+                count = min(ev.grid_images, len(decoded))
+                grid = torch.cat([batch["image"][:count], decoded[:count]])
+        result = metrics.compute()
+        out["reconstruction"] = {**result, "l1": l1_sum / result["num_images"]}
         save_reconstruction_grid(grid, images_dir / "reconstructions.png", columns=grid.shape[0] // 2)
-    class_names = getattr(dataset, "class_names", None)
-    if tokenizer.text is not None and class_names:
-        limit = len(dataset) if not ev.zero_shot_images else min(ev.zero_shot_images, len(dataset))
-        out["zero_shot"] = zero_shot_top1(tokenizer, dataset, class_names, limit, ev.batch_size)
+    zero_shot = zero_shot_prompts(cfg, dataset)
+    if tokenizer.text is not None and zero_shot is not None:
+        from vtp_gen.metrics.zero_shot import zero_shot_accuracy
+
+        class_names, templates = zero_shot
+        limit = min(ev.zero_shot_images or len(dataset), len(dataset))
+        result = zero_shot_accuracy(
+            tokenizer,
+            CLIPTextTokenizer(tokenizer.config.text_context_length),
+            list(class_names),
+            templates,
+            _batches(dataset, limit, ev.batch_size),
+            progress=False,
+        )
+        out["zero_shot"] = {**result, "chance": 100.0 / len(class_names)}
     return out
+
+
+def zero_shot_prompts(cfg: DictConfig, dataset):
+    """(class names, templates) for the held-out set, or None when it has no class names."""
+    from vtp_gen.metrics.templates import openai_imagenet_templates, zero_shot_setup
+
+    if cfg.data.source == "fashion_mnist":
+        return zero_shot_setup("fashion_mnist")
+    class_names = getattr(dataset, "class_names", None)
+    return (class_names, openai_imagenet_templates()) if class_names else None
 
 
 def _batches(dataset, limit: int, batch_size: int):
@@ -303,36 +328,11 @@ def _batches(dataset, limit: int, batch_size: int):
 
 def save_reconstruction_grid(images: torch.Tensor, path: Path, columns: int, upscale: int = 2) -> Path:
     """Originals (top row) above their reconstructions (bottom row); small images are enlarged for viewing."""
-    from torchvision.utils import save_image
+    from vtp_gen.utils.images import save_grid
 
     if upscale > 1:
         images = torch.nn.functional.interpolate(images, scale_factor=upscale, mode="nearest")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(images, path, nrow=columns, padding=2, pad_value=1.0)
-    return path
-
-
-@torch.no_grad()
-def zero_shot_top1(tokenizer: VTPModel, dataset, class_names, limit: int, batch_size: int) -> dict:
-    """CLIP zero-shot: class embedding = mean of the normalised embeddings of its prompts, top-1 over classes."""
-    text_tokenizer = CLIPTextTokenizer(tokenizer.config.text_context_length)
-    class_embeddings = []
-    for name in class_names:
-        prompts = [t.format(a=article(name), c=name) for t in CAPTION_TEMPLATES]
-        embedding = tokenizer.encode_text(text_tokenizer(prompts), normalize=True).mean(dim=0)
-        class_embeddings.append(torch.nn.functional.normalize(embedding, dim=0))
-    classifier = torch.stack(class_embeddings)
-    correct = total = 0
-    for batch in _batches(dataset, limit, batch_size):
-        logits = tokenizer.encode_image(batch["image"], normalize=True) @ classifier.T
-        correct += (logits.argmax(dim=1) == batch["label"]).sum().item()
-        total += len(batch["label"])
-    return {
-        "top1": correct / total,
-        "images": total,
-        "classes": len(class_names),
-        "chance": 1 / len(class_names),
-    }
+    return save_grid(images, path, nrow=columns, normalized=True)
 
 
 def final_values(metrics: dict[str, list[tuple[int, float]]], prefix: str, window: int = 20) -> dict:
@@ -402,11 +402,14 @@ def summary_line(metrics: dict) -> str:
     parts = []
     if "reconstruction" in evaluation:
         rec = evaluation["reconstruction"]
-        parts.append(f"held-out recon L1 {rec['l1']:.4f}, PSNR {rec['psnr']:.2f} dB ({rec['images']} images)")
+        parts.append(
+            f"held-out recon L1 {rec['l1']:.4f}, PSNR {rec['psnr']:.2f} dB, SSIM {rec['ssim']:.3f} "
+            f"({rec['num_images']} images)"
+        )
     if "zero_shot" in evaluation:
         zs = evaluation["zero_shot"]
         parts.append(
-            f"zero-shot top-1 {100 * zs['top1']:.1f}% ({zs['images']} images, chance {100 * zs['chance']:.0f}%)"
+            f"zero-shot top-1 {zs['top1']:.1f}% ({zs['num_images']} images, chance {zs['chance']:.0f}%)"
         )
     return "; ".join(parts)
 
