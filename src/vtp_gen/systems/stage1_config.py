@@ -122,7 +122,12 @@ class DecoderFinetuneConfig:
 @dataclass
 class Stage1EvalConfig:
     # Written at the end of the run: reconstruction grid, held-out reconstruction error and
-    # zero-shot top-1 on the held-out split (labelled sources only; class names from the dataset).
+    # zero-shot accuracy. The held-out set is `split` of the training source unless `source`
+    # names another one (e.g. image_folder + root=/data/imagenet/val for the DataComp recipes).
+    # Zero-shot needs class names: Fashion-MNIST's own, ImageNet's for a 1000-synset folder
+    # (with the 80 OpenAI templates), else the folder names.
+    source: str = ""
+    root: str = ""
     split: str = "test"
     grid_images: int = 16
     reconstruction_images: int = 2000  # 0 = the whole split

@@ -18,8 +18,10 @@ the pre-trained weights from memory, so no rank waits on another's file.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
+import re
 import shutil
 import time
 from pathlib import Path
@@ -28,6 +30,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import IterableDataset
 
 from vtp_gen.config import TrainerConfig
 from vtp_gen.data.build import build_dataset
@@ -275,12 +278,11 @@ def evaluate_tokenizer(cfg: DictConfig, tokenizer: VTPModel, images_dir: Path) -
     from vtp_gen.metrics.reconstruction import ReconstructionMetrics
 
     ev = cfg.evaluation
-    dataset = build_dataset(
-        cfg.data, transform=CenterCropNormalize(cfg.data.image_size), with_captions=False, split=ev.split
-    )
-    out: dict = {"split": ev.split}
+    data = evaluation_data(cfg)
+    dataset = build_dataset(data, transform=CenterCropNormalize(data.image_size), with_captions=False)
+    out: dict = {"source": data.source, "split": data.split}
     if tokenizer.pixel_decoder is not None:
-        limit = min(ev.reconstruction_images or len(dataset), len(dataset))
+        limit = _limit(dataset, ev.reconstruction_images)
         metrics, l1_sum, grid = ReconstructionMetrics(), 0.0, None
         for batch in _batches(dataset, limit, ev.batch_size):
             decoded = tokenizer.decode(tokenizer.encode_latents(batch["image"]))
@@ -298,7 +300,7 @@ def evaluate_tokenizer(cfg: DictConfig, tokenizer: VTPModel, images_dir: Path) -
         from vtp_gen.metrics.zero_shot import zero_shot_accuracy
 
         class_names, templates = zero_shot
-        limit = min(ev.zero_shot_images or len(dataset), len(dataset))
+        limit = _limit(dataset, ev.zero_shot_images)
         result = zero_shot_accuracy(
             tokenizer,
             CLIPTextTokenizer(tokenizer.config.text_context_length),
@@ -311,19 +313,47 @@ def evaluate_tokenizer(cfg: DictConfig, tokenizer: VTPModel, images_dir: Path) -
     return out
 
 
+def evaluation_data(cfg: DictConfig) -> DictConfig:
+    """The data section of the held-out set: the training source's ``evaluation.split``, or another source."""
+    ev = cfg.evaluation
+    changes = {"split": ev.split, "resampled": False, "max_samples": 0}
+    if ev.source:
+        changes.update(source=ev.source, root=ev.root)
+    return OmegaConf.merge(cfg.data, changes)
+
+
+def _limit(dataset, wanted: int) -> int:
+    if isinstance(dataset, IterableDataset):
+        if not wanted:
+            raise ValueError("evaluating on a stream needs a number of images (evaluation.*_images > 0)")
+        return wanted
+    return min(wanted or len(dataset), len(dataset))
+
+
 def zero_shot_prompts(cfg: DictConfig, dataset):
     """(class names, templates) for the held-out set, or None when it has no class names."""
     from vtp_gen.metrics.templates import openai_imagenet_templates, zero_shot_setup
 
-    if cfg.data.source == "fashion_mnist":
+    if evaluation_data(cfg).source == "fashion_mnist":
         return zero_shot_setup("fashion_mnist")
+    folders = getattr(dataset, "classes", None) or []
+    if len(folders) == 1000 and all(re.fullmatch(r"n\d{8}", f) for f in folders):
+        return zero_shot_setup("imagenet")  # the ImageNet synset folders, in their sorted order
     class_names = getattr(dataset, "class_names", None)
     return (class_names, openai_imagenet_templates()) if class_names else None
 
 
 def _batches(dataset, limit: int, batch_size: int):
-    for start in range(0, limit, batch_size):
-        yield collate_samples([dataset[i] for i in range(start, min(start + batch_size, limit))])
+    """Batches of the first ``limit`` samples (map-style or stream); skipped samples are dropped."""
+    items = (
+        itertools.islice(iter(dataset), limit)
+        if isinstance(dataset, IterableDataset)
+        else (dataset[i] for i in range(limit))
+    )
+    while chunk := list(itertools.islice(items, batch_size)):
+        batch = collate_samples(chunk)
+        if batch["size"]:
+            yield batch
 
 
 def save_reconstruction_grid(images: torch.Tensor, path: Path, columns: int, upscale: int = 2) -> Path:
