@@ -11,6 +11,7 @@ guarantees are described in docs/latent-cache.md.
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,13 +19,14 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import TQDMProgressBar
 from omegaconf import DictConfig
 
 from vtp_gen.config import save_config
 from vtp_gen.data.build import build_dataset
-from vtp_gen.data.transforms import IMAGENET_MEAN, IMAGENET_STD, CenterCropNormalize
-from vtp_gen.latents.encode import CacheDataModule, LatentEncoder
+from vtp_gen.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from vtp_gen.latents.encode import CacheDataModule, CenterCropUint8, LatentEncoder
 from vtp_gen.latents.finalize import finalize_cache
 from vtp_gen.latents.manifest import (
     FORMAT_NAME,
@@ -52,6 +54,7 @@ class CacheResult:
     manifest: dict | None  # None on ranks other than 0
     images_encoded: int  # by this process, in this run (0 when the cache was already complete)
     encode_seconds: float  # wall time of the encoding loop of this run
+    encode_cpu_seconds: float = 0.0  # CPU time of this process in that loop (excludes loader workers)
 
     @property
     def images_per_second(self) -> float:
@@ -198,6 +201,14 @@ def build_predict_trainer(cfg: DictConfig, folder: Path, callbacks: list) -> L.T
     )
 
 
+def share_cpu_cores(trainer: L.Trainer) -> None:
+    """Several CPU ranks on one machine: split the cores instead of each rank taking all of them
+    (oversubscribed intra-op threads make every rank slower than one rank alone)."""
+    local_ranks = trainer.num_devices
+    if isinstance(trainer.accelerator, CPUAccelerator) and local_ranks > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_ranks))
+
+
 def run(cfg: DictConfig) -> CacheResult:
     """Encode ``cfg.data`` with the tokenizer into ``cfg.out_dir``; resume or no-op as the folder says."""
     if cfg.data.source == "webdataset":
@@ -208,7 +219,7 @@ def run(cfg: DictConfig) -> CacheResult:
     folder = cache_folder(cfg)
     tokenizer_path = tokenizer_folder(cfg)
     torch.set_float32_matmul_precision(cfg.matmul_precision)
-    dataset = build_dataset(cfg.data, CenterCropNormalize(cfg.data.image_size))
+    dataset = build_dataset(cfg.data, CenterCropUint8(cfg.data.image_size))
     if len(dataset) == 0:
         raise ValueError(f"the dataset ({cfg.data.source}, split {cfg.data.split}) holds no images")
     plan = make_plan(cfg, dataset, tokenizer_path)
@@ -222,7 +233,7 @@ def run(cfg: DictConfig) -> CacheResult:
         f"{len(dataset)} images in {layout.num_shards} shards ({pending} to write) -> {folder}; "
         f"tokenizer {plan['tokenizer']['path']}"
     )
-    encoded, seconds = 0, 0.0
+    encoded, seconds, cpu_seconds = 0, 0.0, 0.0
     is_global_zero = True
     if pending:
         from vtp_gen import load_tokenizer  # heavy; only when there is work
@@ -235,15 +246,16 @@ def run(cfg: DictConfig) -> CacheResult:
         )
         encoder = LatentEncoder(load_tokenizer(str(tokenizer_path)), cfg.data.image_size, cfg.flips)
         trainer = build_predict_trainer(cfg, folder, [writer])
+        share_cpu_cores(trainer)
         trainer.predict(
             encoder, datamodule=CacheDataModule(dataset, layout, folder, cfg.data), return_predictions=False
         )
-        seconds = writer.loop_seconds
+        seconds, cpu_seconds = writer.loop_seconds, writer.loop_cpu_seconds
         encoded = sum(r["num_images"] for r in writer.written)
         trainer.strategy.barrier("latent shards written")
         is_global_zero = trainer.is_global_zero
     if not is_global_zero:
-        return CacheResult(folder, None, encoded, seconds)
+        return CacheResult(folder, None, encoded, seconds, cpu_seconds)
     manifest = finalize_cache(folder, plan, layout)
     counts = manifest["counts"]
     skipped = f", skipped {counts['skipped']}" if counts["skipped"] else ""
@@ -252,7 +264,7 @@ def run(cfg: DictConfig) -> CacheResult:
         f"done: {counts['images']} images in {counts['shards']} shards{skipped}{rate}; "
         f"latent {manifest['latent']['shape']}; stats over {manifest['stats']['values_counted']} values"
     )
-    return CacheResult(folder, manifest, encoded, seconds)
+    return CacheResult(folder, manifest, encoded, seconds, cpu_seconds)
 
 
 def ensure_cache(cfg: DictConfig) -> Path:

@@ -32,12 +32,12 @@ class ChannelMoments:
     @classmethod
     def of(cls, latents: torch.Tensor) -> ChannelMoments:
         """Moments of a (N, C, H, W) batch, computed in float64."""
-        x = latents.detach().to("cpu", torch.float64).transpose(0, 1).reshape(latents.shape[1], -1)
-        count = x.shape[1]
+        x = latents.detach().to("cpu", torch.float64)
+        count = x.shape[0] * x.shape[2] * x.shape[3]
         if count == 0:
-            return cls.empty(latents.shape[1])
-        mean = x.mean(dim=1)
-        m2 = (x - mean[:, None]).square().sum(dim=1)
+            return cls.empty(x.shape[1])
+        mean = x.mean(dim=(0, 2, 3))
+        m2 = (x - mean.view(1, -1, 1, 1)).square().sum(dim=(0, 2, 3))
         return cls(count, mean, m2)
 
     def merge(self, other: ChannelMoments) -> ChannelMoments:

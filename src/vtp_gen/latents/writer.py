@@ -146,8 +146,8 @@ class ShardWriter(BasePredictionWriter):
         self.buffers: dict[int, _ShardBuffer] = {}
         self.empty_part: dict[str, torch.Tensor] = {}
         self.written: list[dict] = []
-        self.loop_seconds = 0.0
-        self._loop_start = 0.0
+        self.loop_seconds = self.loop_cpu_seconds = 0.0
+        self._loop_start = self._loop_cpu_start = 0.0
 
     def write_on_batch_end(
         self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0
@@ -189,9 +189,12 @@ class ShardWriter(BasePredictionWriter):
     def on_predict_start(self, trainer, pl_module) -> None:
         # After process-group init and loader setup: the loop time is what throughput is about.
         self._loop_start = time.perf_counter()
+        self._loop_cpu_start = time.process_time()
 
     def on_predict_end(self, trainer, pl_module) -> None:
         self.loop_seconds = time.perf_counter() - self._loop_start
+        # CPU time of this process (all its threads): a load-independent measure on shared CPUs.
+        self.loop_cpu_seconds = time.process_time() - self._loop_cpu_start
         self.check_flushed()
 
     def check_flushed(self) -> None:
