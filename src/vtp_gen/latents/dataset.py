@@ -100,6 +100,8 @@ class LatentDataset(Dataset):
     horizontal-flip augmentation, precomputed), then standardises with the
     cache's per-channel statistics and ``multiplier``. Pass ``tokenizer`` (the
     path stage 2 decodes with) to refuse a cache made with another tokenizer.
+    ``normalize=False`` returns the stored latents as they are (no statistics,
+    no multiplier).
     Randomness comes from torch's generator, which DataLoader seeds per worker.
     """
 

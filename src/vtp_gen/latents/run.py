@@ -145,7 +145,7 @@ def clear_cache_files(folder: Path) -> None:
             or path.name in (STATS_FILE, MANIFEST_FILE)
             or (path.name.startswith(".latents_rank"))
         ):
-            path.unlink()
+            path.unlink(missing_ok=True)  # another rank of a torchrun launch may have removed it
     shutil.rmtree(folder / PROGRESS_DIR, ignore_errors=True)
 
 
