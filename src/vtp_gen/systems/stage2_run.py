@@ -1,0 +1,320 @@
+"""``vtp-gen stage2`` (``make stage2``): train a generator on cached latents, then export its EMA weights.
+
+    make stage2                                          # embedded default: caches first if needed
+    make stage2 CONFIG=configs/stage2/lightningdit_xl1.yaml \\
+        ARGS="latents.cache_dir=/data/vtp_l_in1k latents.tokenizer=/ckpt/VTP-L-f16d64"
+
+Steps: make the latent cache when it is missing (the cache step's library
+function, one device); open it, refusing a cache made with another tokenizer;
+build the generator with the cache's latent shape; train (resuming from
+``checkpoints/last.ckpt`` when the run folder has one); write preview grids;
+export ``runs/<name>/stage2/generator/`` (EMA weights in the reference layout,
+``config.json`` + ``model.safetensors``, plus the latent statistics and the
+recipe's sampler) and ``train_summary.json`` (speed, peak memory, weight
+digests checked equal on every rank).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from vtp_gen.config import ConfigError
+from vtp_gen.latents.dataset import LatentDataset
+from vtp_gen.latents.manifest import PROGRESS_DIR, SHARD_PATTERN, STATS_FILE, is_complete, read_manifest
+from vtp_gen.models.registry import create_model
+from vtp_gen.systems.flow_matching import AdamWSettings, LatentFlowMatching
+from vtp_gen.systems.latent_data import LatentDataModule, cache_labels, count_classes, latent_shape
+from vtp_gen.systems.sampling import LatentDecoder, SampleGridCallback, preview_labels, sampling_kwargs
+from vtp_gen.systems.trainer import build_trainer, find_resume_checkpoint
+from vtp_gen.transport import Transport
+from vtp_gen.utils.run_dir import prepare_run_dir, run_root, write_json_atomic
+
+GENERATOR_DIR = "generator"
+RUN_INFO_FILE = "stage2.json"
+SUMMARY_FILE = "train_summary.json"
+
+
+@dataclass
+class Stage2Result:
+    folder: Path
+    generator: Path | None  # the exported EMA generator (rank 0 only)
+    summary: dict | None
+
+
+def cache_folder(cfg: DictConfig) -> Path:
+    return Path(cfg.latents.cache_dir) if cfg.latents.cache_dir else run_root(cfg) / "cache"
+
+
+def tokenizer_folder(cfg: DictConfig) -> Path:
+    return Path(cfg.latents.tokenizer) if cfg.latents.tokenizer else run_root(cfg) / "stage1" / "tokenizer"
+
+
+def _say(message: str) -> None:
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0:
+        print(f"[stage2] {message}", flush=True)
+
+
+def _launched_with_many_processes() -> bool:
+    # torchrun / SLURM start every rank at once; Lightning's own launcher starts the others later.
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def is_foreign_cache(folder: Path) -> bool:
+    """Shards and statistics without our manifest or progress records: a cache written by other tools."""
+    if not folder.is_dir() or read_manifest(folder) is not None or (folder / PROGRESS_DIR).exists():
+        return False
+    has_shards = any(SHARD_PATTERN.match(p.name) for p in folder.iterdir())
+    return has_shards and (folder / STATS_FILE).is_file()
+
+
+def ensure_latent_cache(cfg: DictConfig) -> Path:
+    """The cache folder, made first with the cache step when missing or unfinished (and allowed)."""
+    folder = cache_folder(cfg)
+    if is_complete(folder) or is_foreign_cache(folder):
+        return folder
+    if not cfg.latents.make_cache:
+        raise FileNotFoundError(
+            f"no complete latent cache in {folder}: run `make cache` (see docs/latent-cache.md) or set "
+            "latents.make_cache=true"
+        )
+    if _launched_with_many_processes():
+        raise FileNotFoundError(
+            f"no complete latent cache in {folder}, and this is a multi-process launch: make the cache first "
+            "with `make cache` (every GPU encodes its own shards), then start stage 2"
+        )
+    from vtp_gen.latents.config import CacheConfig
+    from vtp_gen.latents.run import run as run_cache
+
+    cache_cfg = OmegaConf.structured(CacheConfig)
+    cache_cfg.run = cfg.run
+    cache_cfg.data = cfg.data
+    cache_cfg.tokenizer = str(tokenizer_folder(cfg))
+    cache_cfg.out_dir = str(folder)
+    for key in ("shard_size", "stats_max_images", "flips", "storage_dtype"):
+        cache_cfg[key] = cfg.latents[key]
+    cache_cfg.accelerator = cfg.trainer.accelerator
+    cache_cfg.devices = 1
+    cache_cfg.progress_bar = cfg.trainer.progress_bar
+    _say(f"no latent cache in {folder}: caching {cfg.data.source} ({cfg.data.split}) first")
+    run_cache(cache_cfg)
+    return folder
+
+
+def open_latents(cfg: DictConfig, folder: Path) -> LatentDataset:
+    tokenizer = tokenizer_folder(cfg)
+    verify = cfg.latents.verify_tokenizer
+    if verify and read_manifest(folder) is None:
+        raise ConfigError(
+            f"{folder} has no manifest.json, so the tokenizer its latents came from cannot be checked; "
+            "set latents.verify_tokenizer=false if you know they come from latents.tokenizer"
+        )
+    return LatentDataset(
+        folder,
+        flip_prob=cfg.latents.flip_prob,
+        multiplier=cfg.latents.multiplier,
+        tokenizer=tokenizer if verify else None,
+    )
+
+
+def build_generator(cfg: DictConfig, latents: LatentDataset) -> torch.nn.Module:
+    channels, height, width = latent_shape(latents)
+    if height != width:
+        raise ValueError(f"the generators take square latents, the cache holds {channels}x{height}x{width}")
+    num_classes = cfg.model.num_classes or count_classes(cache_labels(latents))
+    overrides = OmegaConf.to_container(cfg.model.overrides, resolve=True)
+    for fixed in ("input_size", "in_channels", "num_classes"):
+        if fixed in overrides:
+            raise ConfigError(f"model.overrides.{fixed}: set by the cache / model.num_classes, not here")
+    # The same seed on every rank, so the ranks start from the same weights even before DDP syncs them.
+    torch.manual_seed(cfg.run.seed)
+    return create_model(
+        cfg.model.name, input_size=height, in_channels=channels, num_classes=num_classes, **overrides
+    )
+
+
+def build_system(cfg: DictConfig, model: torch.nn.Module) -> LatentFlowMatching:
+    transport = Transport(
+        time_distribution=cfg.transport.time_distribution,
+        logit_mean=cfg.transport.logit_mean,
+        logit_std=cfg.transport.logit_std,
+        cosine_weight=cfg.transport.cosine_weight,
+    )
+    optimizer = AdamWSettings(
+        lr=cfg.optim.lr,
+        betas=(cfg.optim.beta1, cfg.optim.beta2),
+        weight_decay=cfg.optim.weight_decay,
+        eps=cfg.optim.eps,
+    )
+    return LatentFlowMatching(model, transport, optimizer, cfg.ema.decay, cfg.run.seed)
+
+
+def preview_callback(cfg: DictConfig, folder: Path, latents: LatentDataset, num_classes: int):
+    sampling = OmegaConf.to_object(cfg.sampling)
+    if cfg.preview.cfg_scale is not None:
+        sampling.cfg_scale = cfg.preview.cfg_scale
+    if cfg.preview.steps is not None:
+        sampling.steps = cfg.preview.steps
+    stats = latents.stats
+
+    def make_decoder() -> LatentDecoder:
+        from vtp_gen import load_tokenizer
+
+        return LatentDecoder(load_tokenizer(tokenizer_folder(cfg)), stats)
+
+    return SampleGridCallback(
+        folder / "images",
+        make_decoder,
+        preview_labels(num_classes, cfg.preview.rows, cfg.preview.per_class),
+        sampling_kwargs(sampling),
+        every_n_steps=cfg.preview.every_n_steps,
+        nrow=cfg.preview.per_class,
+        seed=cfg.run.seed,
+    )
+
+
+class SpeedMeter(L.Callback):
+    """Optimiser steps per second (after the first step, which pays for warm-up) and peak memory."""
+
+    def __init__(self):
+        self.start_step = 0
+        self._first = 0
+        self.steps = 0
+        self.seconds = 0.0
+        self._t0: float | None = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.start_step = trainer.global_step
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._t0 is None:
+            self._t0 = time.perf_counter()
+            self._first = trainer.global_step
+            return
+        self.steps = trainer.global_step - self._first
+        self.seconds = time.perf_counter() - self._t0
+        if self.steps and trainer.global_step % max(1, trainer.log_every_n_steps) == 0:
+            pl_module.log("train/steps_per_sec", self.steps / self.seconds, rank_zero_only=True)
+
+    def summary(self) -> dict:
+        peak_rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+        out = {
+            "timed_steps": self.steps,
+            "timed_seconds": round(self.seconds, 3),
+            "steps_per_sec": round(self.steps / self.seconds, 4) if self.seconds else None,
+            "peak_host_memory_gib": round(peak_rss_kib / 2**20, 3),
+        }
+        if torch.cuda.is_available():
+            out["peak_device_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+        return out
+
+
+def check_ranks_agree(trainer: L.Trainer, system: LatentFlowMatching) -> dict[str, str]:
+    """Weight digests of this rank, compared with every other rank's (a DDP desync is an error)."""
+    digests = system.weight_digests()
+    if trainer.world_size > 1:
+        every_rank = trainer.strategy.all_gather(
+            torch.tensor([list(bytes.fromhex(d)) for d in digests.values()], dtype=torch.uint8)
+        )
+        if not bool((every_rank == every_rank[0]).all()):
+            raise RuntimeError("the ranks finished training with different weights (model or EMA)")
+    return digests
+
+
+def export_generator(
+    system: LatentFlowMatching, folder: Path, cfg: DictConfig, cache: Path, step: int
+) -> Path:
+    """``generator/``: EMA weights (what samples) in the reference layout, stats and recipe beside them."""
+    from vtp_gen.interop.generators import save_generator
+
+    target = folder / GENERATOR_DIR
+    tmp = folder / f".{GENERATOR_DIR}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_generator(system.ema.module, tmp)
+    shutil.copy2(cache / STATS_FILE, tmp / STATS_FILE)
+    info = {
+        "step": step,
+        "weights": "ema",
+        "ema_decay": cfg.ema.decay,
+        "model_name": cfg.model.name,
+        "latent_cache": str(cache.resolve()),
+        "latent_multiplier": cfg.latents.multiplier,
+        "tokenizer": str(tokenizer_folder(cfg).resolve()),
+        "sampling": OmegaConf.to_container(cfg.sampling, resolve=True),
+    }
+    (tmp / RUN_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    return target
+
+
+def run(cfg: DictConfig, callbacks: list | None = None) -> Stage2Result:
+    # The EMA copy is in eval mode on purpose (no label dropout); Lightning warns about any such module.
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    folder = prepare_run_dir(cfg, "stage2")
+    cache = ensure_latent_cache(cfg)
+    latents = open_latents(cfg, cache)
+    model = build_generator(cfg, latents)
+    system = build_system(cfg, model)
+    channels, size, _ = latent_shape(latents)
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    _say(
+        f"{cfg.model.name}: {n_params / 1e6:.2f}M parameters on {channels}x{size}x{size} latents, "
+        f"{model.num_classes} classes; {len(latents)} latents in {cache}"
+    )
+    data = LatentDataModule(
+        latents, cfg.train.global_batch_size, cfg.run.seed, cfg.latents.flip_prob, cfg.train.num_workers
+    )
+    speed = SpeedMeter()
+    preview = preview_callback(cfg, folder, latents, model.num_classes) if cfg.preview.enabled else None
+    own_callbacks = [speed, preview] if preview else [speed]
+    trainer = build_trainer(
+        cfg.trainer, folder, callbacks=[*own_callbacks, *(callbacks or [])], use_distributed_sampler=False
+    )
+    if cfg.trainer.compile:
+        model.compile()
+    resume = find_resume_checkpoint(folder / "checkpoints")
+    if resume is not None:
+        _say(f"resuming from {resume}")
+    trainer.fit(system, datamodule=data, ckpt_path=str(resume) if resume else None)
+    # Step checkpoints only come every checkpoint_every_n_steps and the step-indexed stream never
+    # ends an epoch, so the final state is saved here: last.ckpt is always where the run stopped
+    # (a rerun with more trainer.max_steps continues from it). Every rank calls it; rank 0 writes.
+    trainer.save_checkpoint(folder / "checkpoints" / "last.ckpt")
+    digests = check_ranks_agree(trainer, system)
+    if not trainer.is_global_zero:
+        return Stage2Result(folder, None, None)
+    generator = export_generator(system, folder, cfg, cache, trainer.global_step)
+    summary = {
+        "step": trainer.global_step,
+        "world_size": trainer.world_size,
+        "global_batch_size": cfg.train.global_batch_size,
+        "per_device_batch_size": data.sampler.batch_size if data.sampler else None,
+        "model": cfg.model.name,
+        "parameters": n_params,
+        "latent_shape": [channels, size, size],
+        "weights_sha256": digests,
+        "ranks_agree": True,
+        "previews": [str(p) for p in preview.written] if preview else [],
+        "generator": str(generator),
+        "torch_threads": torch.get_num_threads(),
+        **speed.summary(),
+    }
+    write_json_atomic(folder / SUMMARY_FILE, summary)
+    rate = f", {summary['steps_per_sec']:.2f} steps/s" if summary["steps_per_sec"] else ""
+    _say(f"done at step {trainer.global_step}{rate}; generator -> {generator}")
+    sys.stdout.flush()
+    return Stage2Result(folder, generator, summary)

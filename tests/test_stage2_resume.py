@@ -1,0 +1,97 @@
+"""Kill-and-rerun: a stage-2 run SIGKILLed at a step and started again ends bit-identical to an uninterrupted one.
+
+The guarantee (docs/stage2.md): same device, same thread count, same config ->
+identical model weights, EMA weights and optimiser state, because the data
+position and every random draw are functions of the step number.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from test_stage2_helpers import make_latent_cache, run_stage2_subprocess, tiny_overrides
+
+
+def final_state(run_folder: Path) -> dict:
+    checkpoint = torch.load(run_folder / "stage2" / "checkpoints" / "last.ckpt", weights_only=True)
+    return {
+        "step": checkpoint["global_step"],
+        "weights": checkpoint["state_dict"],
+        "optimizer": checkpoint["optimizer_states"][0]["state"],
+        "summary": json.loads((run_folder / "stage2" / "train_summary.json").read_text()),
+    }
+
+
+def assert_identical(a: dict, b: dict) -> None:
+    assert a["step"] == b["step"]
+    assert a["weights"].keys() == b["weights"].keys()
+    differing = [k for k in a["weights"] if not torch.equal(a["weights"][k], b["weights"][k])]
+    assert not differing, f"weights differ: {differing[:5]}"
+    assert any(k.startswith("ema.module.") for k in a["weights"])  # the EMA is part of the comparison
+    for param_id, state in a["optimizer"].items():
+        for key, value in state.items():
+            assert torch.equal(value, b["optimizer"][param_id][key]), (
+                f"optimizer state {param_id}.{key} differs"
+            )
+    assert a["summary"]["weights_sha256"] == b["summary"]["weights_sha256"]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return make_latent_cache(tmp_path_factory.mktemp("latents"))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(cache, tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("runs")
+    result = run_stage2_subprocess(tiny_overrides(out, "straight", cache))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return final_state(out / "straight")
+
+
+def kill_and_rerun(cache: Path, out: Path, kill_at: int) -> dict:
+    overrides = tiny_overrides(out, f"killed{kill_at}", cache)
+    killed = run_stage2_subprocess(overrides, kill_at=kill_at)
+    assert killed.returncode == -9, f"expected SIGKILL, got {killed.returncode}: {killed.stderr[-3000:]}"
+    folder = out / f"killed{kill_at}" / "stage2"
+    assert not (folder / "train_summary.json").exists()  # it really died mid-run
+    rerun = run_stage2_subprocess(overrides)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    if kill_at >= 4:  # a checkpoint existed (every 4 steps): the rerun must resume, not restart
+        assert "resuming from" in rerun.stdout
+    return final_state(out / f"killed{kill_at}")
+
+
+def test_kill_between_checkpoints_then_rerun_matches_uninterrupted(cache, uninterrupted, tmp_path):
+    assert_identical(kill_and_rerun(cache, tmp_path, kill_at=6), uninterrupted)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_at", [1, 4, 5, 8, 11])
+def test_kill_at_many_points(cache, uninterrupted, tmp_path, kill_at):
+    # 1: before any checkpoint (restart from scratch); 4, 8: right after a checkpoint; 5, 11: just after one.
+    assert_identical(kill_and_rerun(cache, tmp_path, kill_at), uninterrupted)
+
+
+@pytest.mark.slow
+def test_resume_with_gradient_accumulation(cache, tmp_path):
+    extra = ("trainer.accumulate_grad_batches=2",)
+    straight = run_stage2_subprocess(tiny_overrides(tmp_path, "straight", cache, *extra))
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    overrides = tiny_overrides(tmp_path, "killed", cache, *extra)
+    assert run_stage2_subprocess(overrides, kill_at=6).returncode == -9
+    assert run_stage2_subprocess(overrides).returncode == 0
+    assert_identical(final_state(tmp_path / "killed"), final_state(tmp_path / "straight"))
+
+
+def test_a_finished_run_continues_when_given_more_steps(cache, uninterrupted, tmp_path):
+    # The final state is checkpointed even off the checkpoint grid: 7 steps, then on to 12.
+    overrides = tiny_overrides(tmp_path, "extended", cache)
+    first = run_stage2_subprocess([*overrides, "trainer.max_steps=7"])
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert final_state(tmp_path / "extended")["step"] == 7
+    second = run_stage2_subprocess(overrides)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resuming from" in second.stdout
+    assert_identical(final_state(tmp_path / "extended"), uninterrupted)
