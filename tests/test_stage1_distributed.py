@@ -67,3 +67,35 @@ def test_teacher_and_student_identical_on_both_ranks_after_steps():
     # The teacher did move (EMA of a student that learned), and the ranks saw different data.
     assert any(not torch.equal(zero[k], zero[f"initial_{k}"]) for k in teacher_keys)
     assert not torch.equal(zero["first_images"], one["first_images"])
+
+
+@pytest.mark.slow
+def test_stage1_command_with_two_ddp_processes(tmp_path):
+    """`vtp-gen stage1` launched once with devices=2: Lightning starts the second rank, both phases run."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from test_stage1_resume import SMALL, _fashion_available
+
+    if not _fashion_available():
+        pytest.skip("Fashion-MNIST not installed: run `make setup`")
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve().parents[1] / "stage1/train.py"),
+        *SMALL,
+        f"run.out_dir={tmp_path}",
+        "run.name=ddp",
+        "trainer.strategy=ddp",
+        "trainer.devices=2",
+        "trainer.max_steps=4",
+        "decoder_finetune.max_steps=3",
+        "decoder_finetune.disc_start_step=1",
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "MEMBER: 2/2" in done.stdout + done.stderr
+    metrics = json.loads((tmp_path / "ddp" / "stage1" / "metrics.json").read_text())
+    assert metrics["pretrain_steps"] == 4 and metrics["finetune_steps"] == 3

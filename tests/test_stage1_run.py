@@ -73,6 +73,18 @@ def test_stage1_run_writes_every_output_and_a_rerun_is_a_no_op(tmp_path, capsys)
     assert run(cfg)["evaluation"] == evaluation
     assert "already complete" in capsys.readouterr().out
 
+    # More pre-training steps later: pre-training resumes and the fine-tune is redone on the new encoder.
+    longer = load_config(Stage1Config, REPO / "configs/stage1/tiny.yaml", [*overrides, "trainer.max_steps=8"])
+    metrics = run(longer)
+    assert metrics["pretrain_steps"] == 8 and metrics["finetune_steps"] == 4
+    assert (stage / "decoder_finetune.before_pretrain_step6").is_dir()
+    retrained = load_file(str(stage / "tokenizer" / "model.safetensors"))
+    assert not torch.equal(retrained["trunk.cls_token"], after["trunk.cls_token"])
+    assert torch.equal(
+        retrained["trunk.cls_token"],
+        load_file(str(stage / "pretrained_tokenizer" / "model.safetensors"))["trunk.cls_token"],
+    )
+
 
 def test_read_metrics_merges_resumed_logs_and_plots(tmp_path):
     first, second = tmp_path / "metrics.part000.csv", tmp_path / "metrics.csv"

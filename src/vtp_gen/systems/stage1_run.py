@@ -187,12 +187,32 @@ def is_complete_tokenizer(directory: Path) -> bool:
 
 
 # ---------------------------------------------------------------------- phases
+def set_aside_stale_finetune(folder: Path) -> None:
+    """Pre-training is about to (re)train: a fine-tune made from an older encoder no longer applies.
+
+    This happens when ``trainer.max_steps`` grows after a finished run. The old
+    fine-tune folder and tokenizer are renamed (kept, not deleted) and the fine-tune
+    restarts from the new encoder. Runs before any process group exists, on rank 0 only.
+    """
+    progress = read_progress(folder)
+    if rank_zero_only.rank != 0 or "finetune_steps" not in progress:
+        return
+    tag = f"before_pretrain_step{progress.get('pretrain_steps')}"
+    for name in ("decoder_finetune", "tokenizer"):
+        if (folder / name).exists():
+            (folder / name).rename(folder / f"{name}.{tag}")
+    progress.pop("finetune_steps")
+    write_json_atomic(folder / PROGRESS_FILE, progress)
+    print(f"stage1: pre-training continues, so the earlier decoder fine-tune was moved to *.{tag}")
+
+
 def pretrain(cfg: DictConfig, folder: Path) -> VTPModel | None:
     """Phase 1; returns the trained tokenizer (None when an earlier run finished this phase)."""
     target = folder / "pretrained_tokenizer"
     if read_progress(folder).get("pretrain_steps") == cfg.trainer.max_steps and is_complete_tokenizer(target):
         print(f"stage1: pre-training already done ({cfg.trainer.max_steps} steps), using {target}")
         return None
+    set_aside_stale_finetune(folder)
     model = build_tokenizer(cfg)
     system = TokenizerPretraining(
         model, cfg.objectives, cfg.ssl, cfg.optim, total_steps=cfg.trainer.max_steps, seed=cfg.run.seed
@@ -383,12 +403,13 @@ def write_report(cfg: DictConfig, folder: Path) -> dict:
         **read_metrics(csv_logs(folder / "logs")),
         **read_metrics(csv_logs(folder / "decoder_finetune" / "logs")),
     }
-    plot_loss_curves(
-        logged,
-        [*PRETRAIN_CURVES, *FINETUNE_CURVES],
-        images_dir / "loss_curves.png",
-        title=f"stage 1: {cfg.run.name}",
-    )
+    curves = [key for key in (*PRETRAIN_CURVES, *FINETUNE_CURVES) if logged.get(key)]
+    if curves:
+        plot_loss_curves(logged, curves, images_dir / "loss_curves.png", title=f"stage 1: {cfg.run.name}")
+    else:
+        print(
+            f"stage1: no loss was logged (runs shorter than trainer.log_every_n_steps={cfg.trainer.log_every_n_steps}); no curves"
+        )
     tokenizer = load_tokenizer(folder / "tokenizer")
     started = time.time()
     evaluation = evaluate_tokenizer(cfg, tokenizer, images_dir)
