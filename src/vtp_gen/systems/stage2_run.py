@@ -264,9 +264,9 @@ def export_generator(
 def run(cfg: DictConfig, callbacks: list | None = None) -> Stage2Result:
     # The EMA copy is in eval mode on purpose (no label dropout); Lightning warns about any such module.
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-    folder = prepare_run_dir(cfg, "stage2")
     cache = ensure_latent_cache(cfg)
-    latents = open_latents(cfg, cache)
+    latents = open_latents(cfg, cache)  # refuses latents of another tokenizer before anything is written
+    folder = prepare_run_dir(cfg, "stage2")
     model = build_generator(cfg, latents)
     system = build_system(cfg, model)
     channels, size, _ = latent_shape(latents)
