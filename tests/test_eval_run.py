@@ -1,0 +1,277 @@
+"""`make eval` end to end on a tiny run folder (vtp_gen.metrics.eval_run).
+
+The run folder is real in layout and weights format: a vtp-tiny tokenizer written with
+save_pretrained, a LightningDiT-T/1 generator exported as stage 2 does. Weights are random,
+so the numbers are checked against independent computations, not against quality bars.
+The FID feature network is a small stand-in (its 2048-d Inception square root alone costs
+~50 CPU-seconds); the slow test runs the real Inception.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vtp_gen import create_model, load_tokenizer, save_pretrained
+from vtp_gen.config import load_config
+from vtp_gen.interop.generators import save_generator
+from vtp_gen.metrics import eval_run
+from vtp_gen.metrics.eval_config import EvalConfig
+from vtp_gen.metrics.report import read_metrics_json
+
+REPO = Path(__file__).resolve().parents[1]
+STAND_IN = "test-stand-in/8x8-grey-projection"
+
+
+class StandInFeatures(torch.nn.Module):
+    """uint8 images -> a fixed random projection of their 8x8 grey thumbnails (64-d)."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("projection", torch.randn(64, 64, generator=torch.Generator().manual_seed(0)))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        grey = images.float().mean(dim=1, keepdim=True) / 255.0
+        thumbs = torch.nn.functional.interpolate(grey, size=(8, 8), mode="area").flatten(1)
+        return thumbs @ self.projection
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    run = root / "tiny"
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning):  # vtp-tiny (patch 4) loads in vtp_gen only: save_pretrained says so
+        save_pretrained(create_model("vtp-tiny").eval(), run / "stage1" / "tokenizer")
+    generator = run / "stage2" / "generator"
+    save_generator(
+        create_model("LightningDiT-T/1", input_size=8, in_channels=16, num_classes=10).eval(), generator
+    )
+    torch.save(
+        {"mean": torch.zeros(1, 16, 1, 1), "std": torch.full((1, 16, 1, 1), 0.5)},
+        generator / "latents_stats.pt",
+    )
+    sampler = dict(
+        method="euler",
+        steps=4,
+        shift=0.3,
+        cfg_scale=1.0,
+        cfg_interval_start=0.0,
+        guidance_mode="all_channels",
+    )
+    (generator / "stage2.json").write_text(
+        json.dumps({"step": 7, "model_name": "LightningDiT-T/1", "sampling": sampler})
+    )
+    return root
+
+
+def _config(runs: Path, *extra: str):
+    overrides = [
+        f"run.out_dir={runs}",
+        "run.name=tiny",
+        "device=cpu",
+        "progress_bar=false",
+        "cache_reference=false",
+        "data.batch_size=32",
+        "generation.num_samples=30",
+        "generation.num_reference=40",
+        "generation.sample_batch_size=16",
+        "generation.kid_subset_size=20",
+        "generation.kid_subsets=10",
+        "generation.grid_images=16",
+        "reconstruction.num_images=24",
+        "reconstruction.grid_images=4",
+        "linear_probe.train_images=300",
+        "linear_probe.test_images=200",
+        "linear_probe.epochs=3",
+        "linear_probe.learning_rates=[0.01,0.1]",
+        "linear_probe.batch_size=64",
+        "zero_shot.num_images=100",
+        *extra,
+    ]
+    return load_config(EvalConfig, REPO / "configs" / "eval" / "tiny.yaml", overrides)
+
+
+def _lpips_available() -> bool:
+    from vtp_gen.pretrained.cache import WeightsNotFoundError
+    from vtp_gen.pretrained.lpips import find_vgg16_weights
+
+    try:
+        find_vgg16_weights()
+        return True
+    except WeightsNotFoundError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def evaluated(tiny_run):
+    patch = pytest.MonkeyPatch()
+    patch.setattr(eval_run, "build_feature_network", lambda cfg, device: (StandInFeatures(), STAND_IN))
+    cfg = _config(tiny_run, f"reconstruction.lpips={str(_lpips_available()).lower()}")
+    result = eval_run.run(cfg)
+    yield cfg, result
+    patch.undo()
+
+
+def test_every_metric_is_written_with_its_protocol(evaluated):
+    cfg, result = evaluated
+    info, records = read_metrics_json(result["metrics"])
+    by_metric = {r.metric: r for r in records}
+    expected = {"gfid", "kid", "precision", "recall", "inception_score", "rfid", "psnr", "ssim"}
+    expected |= {"linear_probe", "linear_probe_bottleneck", "zero_shot_top1", "zero_shot_top5"}
+    expected |= {"lpips"} if cfg.reconstruction.lpips else set()
+    assert set(by_metric) == expected
+    gfid = by_metric["gfid"]
+    assert gfid.label == "FID-30" and gfid.protocol.num_reference == 40
+    assert gfid.protocol.features == STAND_IN and gfid.protocol.guidance == "none"
+    assert (
+        gfid.protocol.method == "euler, 4 steps, shift 0.3, balanced labels"
+    )  # the generator's recorded sampler
+    assert gfid.protocol.generator == "LightningDiT-T/1, 7 steps"
+    assert by_metric["rfid"].label == "rFID-24" and by_metric["psnr"].protocol.num_samples == 24
+    assert by_metric["inception_score"].value is None and by_metric["inception_score"].unavailable
+    assert by_metric["kid"].extra["subset_size"] == 20
+    probe = by_metric["linear_probe"]
+    assert (probe.protocol.num_samples, probe.protocol.num_reference) == (200, 300)
+    assert "last 1 or 3 blocks" in probe.protocol.method  # vtp-tiny has 3 blocks, not 4
+    assert (
+        0.0 <= probe.value <= 1.0
+        and 0.0 <= by_metric["zero_shot_top1"].value <= by_metric["zero_shot_top5"].value
+    )
+    assert by_metric["zero_shot_top1"].protocol.num_samples == 100
+    for record in records:
+        if record.metric != "inception_score":
+            assert np.isfinite(record.value), record.metric
+    assert info["run"] == "tiny" and info["seconds"]["total"] > 0
+
+
+def test_report_folder(evaluated):
+    cfg, result = evaluated
+    folder = Path(result["report"]).parent
+    text = Path(result["report"]).read_text()
+    assert "| FID-30 |" in text and "| rFID-24 |" in text
+    for image in ("samples.png", "reconstructions.png"):
+        assert (folder / "images" / image).is_file() and f"images/{image}" in text
+    assert (folder / "config.yaml").is_file()
+    samples = list((folder / "samples").glob("*/images/*.png"))
+    assert len(samples) == 30
+    assert list((folder / "samples").glob("*/samples.npz"))
+
+
+def test_rfid_and_psnr_match_an_independent_computation(evaluated, tiny_run):
+    """rFID reuses the reference features of the same images; recompute everything from scratch."""
+    from vtp_gen.data.fashion_mnist import FashionMNIST
+    from vtp_gen.data.transforms import CenterCropNormalize, to_uint8
+    from vtp_gen.metrics.generation import fid_from_features
+
+    cfg, result = evaluated
+    _, records = read_metrics_json(result["metrics"])
+    by_metric = {r.metric: r for r in records}
+    dataset = FashionMNIST(split="test", transform=CenterCropNormalize(32))
+    indices = eval_run.subset_indices(len(dataset), 24)
+    images = torch.stack([dataset[i]["image"] for i in indices])
+    tokenizer = load_tokenizer(tiny_run / "tiny" / "stage1" / "tokenizer")
+    with torch.no_grad():
+        decoded = tokenizer.get_latents_decoded_images(tokenizer.get_reconstruction_latents(images))
+    original = to_uint8(images).permute(0, 3, 1, 2)
+    recon = to_uint8(decoded).permute(0, 3, 1, 2)
+    net = StandInFeatures()
+    expected = fid_from_features(net(original).numpy(), net(recon).numpy())
+    assert by_metric["rfid"].value == pytest.approx(expected, rel=1e-6)
+    mse = (original.double() - recon.double()).pow(2).flatten(1).mean(1)
+    assert by_metric["psnr"].value == pytest.approx(
+        (10 * torch.log10(255.0**2 / mse)).mean().item(), rel=1e-6
+    )
+
+
+def test_second_eval_reuses_samples_and_probe_features(evaluated, tiny_run, monkeypatch):
+    cfg, result = evaluated
+    folder = Path(result["report"]).parent
+    pngs = sorted((folder / "samples").glob("*/images/*.png"))
+    stamps = [p.stat().st_mtime_ns for p in pngs]
+    monkeypatch.setattr(eval_run, "build_feature_network", lambda cfg, device: (StandInFeatures(), STAND_IN))
+    calls = []
+    original = eval_run.labelled_loader
+    monkeypatch.setattr(
+        eval_run,
+        "labelled_loader",
+        lambda ctx, split, *a, **k: calls.append(split) or original(ctx, split, *a, **k),
+    )
+    again = eval_run.run(_config(tiny_run, "reconstruction.enabled=false", "zero_shot.enabled=false"))
+    assert [p.stat().st_mtime_ns for p in sorted((folder / "samples").glob("*/images/*.png"))] == stamps
+    assert "train" not in calls  # probe features came from the cache
+    first = {r.metric: r.value for r in read_metrics_json(result["metrics"])[1]}
+    second = {r.metric: r.value for r in again["records"]}
+    assert second["gfid"] == pytest.approx(first["gfid"]) and second["linear_probe"] == pytest.approx(
+        first["linear_probe"]
+    )
+
+
+def test_one_pass_probe_features_equal_the_library_functions(tiny_run):
+    from vtp_gen.metrics.linear_probe import bottleneck_features, intermediate_features
+
+    tokenizer = load_tokenizer(tiny_run / "tiny" / "stage1" / "tokenizer")
+    images = torch.randn(5, 3, 32, 32)
+    with torch.no_grad():
+        ours = eval_run.probe_feature_fn(tokenizer, ["bottleneck", "dinov2"], 3)(images)
+        reference = {**bottleneck_features(tokenizer)(images), **intermediate_features(tokenizer, 3)(images)}
+    assert set(ours) == set(reference)
+    for key, value in reference.items():
+        torch.testing.assert_close(ours[key], value, atol=1e-6, rtol=1e-5)
+
+
+def test_missing_parts_are_skipped_with_notes_and_bad_paths_fail(tmp_path, monkeypatch):
+    monkeypatch.setattr(eval_run, "build_feature_network", lambda cfg, device: (StandInFeatures(), STAND_IN))
+    result = eval_run.run(_config(tmp_path, "linear_probe.enabled=false"))
+    assert result["records"] == []
+    text = Path(result["report"]).read_text()
+    assert "generation: skipped" in text and "tokenizer metrics: skipped" in text
+    with pytest.raises(FileNotFoundError, match="tokenizer"):
+        eval_run.run(_config(tmp_path, f"tokenizer={tmp_path / 'nope'}"))
+
+
+def test_reference_features_are_cached_per_split_and_count(tmp_path, monkeypatch):
+    monkeypatch.setenv("VTP_GEN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(eval_run, "build_feature_network", lambda cfg, device: (StandInFeatures(), STAND_IN))
+    cfg = _config(tmp_path, "cache_reference=true")
+    ctx = eval_run.EvalContext(cfg, tmp_path / "out", torch.device("cpu"), "Fashion-MNIST", None)
+    first = eval_run.evaluation_reference(ctx, need_features=True)
+    cached = list((tmp_path / "cache" / "fid_references").glob("*.npz"))
+    assert len(cached) == 1 and "Fashion-MNIST-test-32px-40-" in cached[0].name
+    ctx2 = eval_run.EvalContext(cfg, tmp_path / "out", torch.device("cpu"), "Fashion-MNIST", None)
+    monkeypatch.setattr(eval_run, "labelled_loader", lambda *a, **k: pytest.fail("reference recomputed"))
+    second = eval_run.evaluation_reference(ctx2, need_features=True)
+    np.testing.assert_allclose(first.features, second.features)
+    assert first.features.shape == (40, 64)
+
+
+def test_subset_indices_are_fixed_and_nested():
+    a, b = eval_run.subset_indices(1000, 100), eval_run.subset_indices(1000, 40)
+    assert a[:40] == b and len(set(a)) == 100 and a != list(range(100))
+    assert eval_run.subset_indices(10, 0) == list(range(10)) and eval_run.subset_indices(10, 50) == list(
+        range(10)
+    )
+
+
+def test_shipped_eval_recipes_validate():
+    imagenet = load_config(EvalConfig, REPO / "configs" / "eval" / "imagenet.yaml")
+    assert imagenet.generation.num_samples == 50_000 and imagenet.zero_shot.transform == "resize"
+    assert imagenet.linear_probe.image_size == 224 and len(imagenet.linear_probe.learning_rates) == 13
+    tiny = load_config(EvalConfig, REPO / "configs" / "eval" / "tiny.yaml")
+    assert tiny.data.split == "test" and tiny.generation.num_samples <= 1000
+
+
+@pytest.mark.slow
+def test_real_inception_end_to_end(tiny_run, tmp_path):
+    """The real FID Inception (needs `make weights`): numbers are finite and labelled with its name."""
+    from vtp_gen.metrics.report import INCEPTION_FEATURES
+
+    cfg = _config(
+        tiny_run, f"out_dir={tmp_path / 'eval'}", "linear_probe.enabled=false", "zero_shot.enabled=false"
+    )
+    result = eval_run.run(cfg)
+    by_metric = {r.metric: r for r in result["records"]}
+    assert by_metric["gfid"].protocol.features == INCEPTION_FEATURES
+    assert np.isfinite(by_metric["gfid"].value) and np.isfinite(by_metric["rfid"].value)
