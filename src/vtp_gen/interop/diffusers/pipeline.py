@@ -195,7 +195,7 @@ class VTPPipeline(DiffusionPipeline):
 
         set_scheduler_timesteps(self.scheduler, steps, device)
         velocity = guided_velocity(
-            lambda x, t, y: self._velocity(x, t, y),
+            self._velocity,
             labels,
             scale,
             start,
