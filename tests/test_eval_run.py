@@ -275,3 +275,33 @@ def test_real_inception_end_to_end(tiny_run, tmp_path):
     by_metric = {r.metric: r for r in result["records"]}
     assert by_metric["gfid"].protocol.features == INCEPTION_FEATURES
     assert np.isfinite(by_metric["gfid"].value) and np.isfinite(by_metric["rfid"].value)
+
+
+def test_samples_handed_over_keep_their_recorded_protocol(evaluated, tiny_run, tmp_path, monkeypatch):
+    """A `make sample` folder tells its sampler and generator; a bare PNG folder cannot, and says so."""
+    import shutil
+
+    cfg, result = evaluated
+    monkeypatch.setattr(eval_run, "build_feature_network", lambda cfg, device: (StandInFeatures(), STAND_IN))
+    made = next((Path(result["report"]).parent / "samples").glob("*/samples.json")).parent
+    off = ["reconstruction.enabled=false", "linear_probe.enabled=false", "zero_shot.enabled=false"]
+    recorded = eval_run.run(
+        _config(tiny_run, f"generation.samples={made}", f"out_dir={tmp_path / 'a'}", *off)
+    )
+    gfid = {r.metric: r for r in recorded["records"]}["gfid"]
+    assert gfid.protocol.method == "euler, 4 steps, shift 0.3, balanced labels"
+    assert (
+        gfid.protocol.generator == "LightningDiT-T/1, 7 steps"
+    )  # the run's generator made them (weights digest)
+    first = {r.metric: r for r in read_metrics_json(result["metrics"])[1]}["gfid"]
+    assert gfid.value == pytest.approx(first.value) and gfid.comparison_key() == first.comparison_key()
+
+    bare = tmp_path / "bare"
+    shutil.copytree(made / "images", bare)
+    unknown = eval_run.run(_config(tiny_run, f"generation.samples={bare}", f"out_dir={tmp_path / 'b'}", *off))
+    gfid = {r.metric: r for r in unknown["records"]}["gfid"]
+    assert gfid.protocol.method == "sampler not recorded" and gfid.protocol.generator.startswith(
+        "not recorded"
+    )
+    with pytest.raises(ValueError, match="fewer than"):
+        eval_run.run(_config(tiny_run, f"generation.samples={bare}", "generation.num_samples=31", *off))

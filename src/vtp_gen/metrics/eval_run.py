@@ -263,6 +263,17 @@ def _samples_record(samples: Path) -> dict:
     return {}
 
 
+def _made_by(samples: Path, generator: Path | None) -> bool:
+    """Whether `make sample` recorded these samples as made by exactly ``generator``'s weights."""
+    recorded = _samples_record(samples).get("identity", {}).get("generator_sha256")
+    if generator is None or not recorded:
+        return False
+    from vtp_gen.systems.flow_matching import tensor_digest
+    from vtp_gen.systems.sample_run import load_any_generator
+
+    return tensor_digest(load_any_generator(generator).state_dict()) == recorded
+
+
 def _generator_record(generator: Path | None) -> dict:
     """stage2.json written next to an exported generator (model name, step, sampler), if any."""
     if generator is None:
@@ -347,6 +358,8 @@ def evaluate_generation_part(ctx: EvalContext) -> None:
         # Samples made by `make sample` carry their record (samples.json): sampler and labels are known.
         identity = _samples_record(samples).get("identity", {})
         sampling, labels = identity.get("sampling", {}), identity.get("labels", "")
+        if samples.is_dir() and (samples / "images").is_dir():
+            samples = samples / "images"  # a `make sample` folder: its PNGs (not grid.png beside them)
     available = count_images(samples)
     if available is not None and available < gen.num_samples:
         raise ValueError(
@@ -377,7 +390,7 @@ def evaluate_generation_part(ctx: EvalContext) -> None:
         )
     else:  # samples from elsewhere, without a record: say so, so they never pass for a known protocol
         method, guidance = "sampler not recorded", "not recorded"
-    if gen.samples and not (gen.generator_label or gen.generator):
+    if gen.samples and not (gen.generator_label or gen.generator or _made_by(samples, generator)):
         label = "not recorded (set generation.generator_label)"  # the run's own generator may not be theirs
     else:
         label = describe_generator(ctx, generator)
