@@ -1,0 +1,178 @@
+"""MFU of the training steps on one GPU, bf16, eager and compiled: one command, < 8 minutes on an H200.
+
+    python bench/gpu_mfu.py                  # on the GPU machine
+    python bench/gpu_mfu.py --dry-run        # tiny sizes on the CPU (fp32): checks the script end to end
+    python bench/gpu_mfu.py --no-compile     # eager only (about half the time)
+
+Measures, each beside a peak bf16 matmul timed in the same rounds:
+
+- stage 1: the VTP-B (B=128) and VTP-L (B=64) pre-training step with all three
+  objectives at 256 px (CLIP on all B, SSL on B/4 with 2 global 256 px + 8
+  local 112 px crops and 65536 prototypes, reconstruction on B/8 with
+  LPIPS-VGG), next to timm's ViT of the trunk's size (fwd+bwd);
+- stage 2: the LightningDiT-B/1 (B=256) and -XL/1 (B=128) flow-matching step on
+  16x16x64 latents, next to diffusers' DiT of the same size;
+
+first eager, then with ``torch.compile`` (stage 1: each transformer block;
+stage 2: the whole generator, as ``trainer.compile=true`` does). Compilation
+happens in the untimed warm-up call; if the time budget (``--budget-s``,
+default 450) would be exceeded, the remaining cases are skipped and say so.
+Prints a table per case and the MFU targets, and writes JSON
+(``runs/bench/gpu-mfu-<time>.json``) in the format of ``bench/run.py``.
+
+FLOPs are counted by torch's FlopCounterMode on one eager step (matmuls,
+convolutions, attention; forward and backward); MFU = achieved FLOP/s / the
+measured bf16 matmul FLOP/s of the same round. The H200's data-sheet dense
+bf16 peak (989 TFLOP/s) is printed beside it for reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import torch  # noqa: E402
+from vtp_bench.report import (  # noqa: E402
+    GPU_TARGETS,
+    SCHEMA,
+    Target,
+    check_targets,
+    format_group,
+    format_targets,
+    machine_description,
+    utc_now,
+    write_json,
+)
+from vtp_bench.stage1 import stage1_step_group  # noqa: E402
+from vtp_bench.stage2 import stage2_step_group  # noqa: E402
+from vtp_bench.suite import Group, Settings, run_group  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+H200_DENSE_BF16 = 989.4e12  # data-sheet dense bf16 FLOP/s (SXM), for reference only
+
+CASES = ("stage1/B", "stage1/L", "stage2/B", "stage2/XL")
+
+
+def case_group(case: str, dry_run: bool) -> Group:
+    """The case's group; a dry run measures the tiny CPU setting of the same stage instead."""
+    stage, size = case.split("/")
+    if stage == "stage1":
+        return stage1_step_group(
+            "tiny" if dry_run else size, ("all",), with_collate=False, fused_adamw_variant=False
+        )
+    return stage2_step_group("tiny" if dry_run else size, fused_adamw_variant=False)
+
+
+def renamed(record: dict, case: str, compiled: bool) -> dict:
+    """Prefix workload names with gpu/<case>/<mode> so targets can find them (e.g. gpu/stage2/XL/step)."""
+    mode = "compiled" if compiled else "eager"
+    record = dict(record, name=f"gpu/{case}/{mode}", tags=[*record.get("tags", []), mode])
+    workloads = []
+    for w in record.get("workloads", []):
+        leaf = w["name"].rsplit("/", 1)[-1]
+        base = w["baseline"].rsplit("/", 1)[-1] if w["baseline"] else None
+        suffix = "" if not compiled else "_compiled"
+        workloads.append(
+            dict(
+                w,
+                name=f"gpu/{case}/{leaf}{suffix}",
+                baseline=f"gpu/{case}/{base}{suffix}" if base else None,
+            )
+        )
+    record["workloads"] = workloads
+    return record
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU, fp32")
+    parser.add_argument("--no-compile", action="store_true", help="eager only")
+    parser.add_argument("--only", nargs="+", choices=CASES, default=list(CASES))
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--budget-s", type=float, default=450.0, help="skip what would start after this")
+    parser.add_argument("--out", type=Path, default=None)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    if args.dry_run:
+        device = torch.device("cpu")
+    elif torch.cuda.is_available():
+        device = torch.device("cuda")
+        # fp32 leftovers (LPIPS, losses, optimiser maths) use TF32, as GPU training runs should.
+        torch.set_float32_matmul_precision("high")
+    else:
+        raise SystemExit("no CUDA device: run with --dry-run to check the script on the CPU")
+    modes = [False] if args.no_compile else [False, True]
+    out = args.out or REPO_ROOT / "runs" / "bench" / f"gpu-mfu-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    record = {
+        "schema": SCHEMA,
+        "created": utc_now(),
+        "suite": "gpu_mfu" + ("_dry_run" if args.dry_run else ""),
+        "machine": machine_description(device),
+        "settings": {
+            "rounds": args.rounds,
+            "precision": "fp32 (dry run)" if args.dry_run else "bf16 autocast, TF32 for fp32 matmuls",
+            "compile": "regional (stage 1 blocks) / whole model (stage 2)",
+            "budget_s": args.budget_s,
+        },
+        "groups": [],
+        "targets": [],
+    }
+    print(f"gpu_mfu on {device}{' (dry run: tiny stand-ins)' if args.dry_run else ''}", flush=True)
+    for compiled in modes:
+        for case in args.only:
+            elapsed = time.perf_counter() - started
+            name = f"gpu/{case}/{'compiled' if compiled else 'eager'}"
+            if elapsed > args.budget_s:
+                result = {"name": name, "description": case, "status": "skipped", "workloads": []}
+                result["reason"] = f"time budget: {elapsed:.0f}s > {args.budget_s:.0f}s"
+            else:
+                settings = Settings(
+                    device=device,
+                    rounds=2 if args.dry_run else args.rounds,
+                    warmup=1,
+                    min_sample_s=0.0 if args.dry_run else 0.5,
+                    memory=True,
+                    compile=compiled,
+                    quick=args.dry_run,
+                )
+                group = case_group(case, args.dry_run)
+                result = renamed(run_group(group, settings), case, compiled)
+            record["groups"].append(result)
+            print(format_group(result), flush=True)
+            if result["status"] == "ok" and device.type == "cuda":
+                for w in result["workloads"]:
+                    if w["achieved_flops_per_s"]:
+                        share = w["achieved_flops_per_s"] / H200_DENSE_BF16
+                        print(f"   {w['name']}: {100 * share:.1f}% of the H200 data-sheet bf16 peak")
+            record["elapsed_s"] = round(time.perf_counter() - started, 1)
+            write_json(record, out)
+    targets = list(GPU_TARGETS)
+    if not args.no_compile:
+        targets += [
+            Target(t.name + " (compiled)", t.workload + "_compiled", t.metric, t.threshold)
+            for t in GPU_TARGETS
+        ]
+    record["targets"] = check_targets(record["groups"], targets)
+    record["elapsed_s"] = round(time.perf_counter() - started, 1)
+    write_json(record, out)
+    print(format_targets(record["targets"]))
+    if args.dry_run:
+        print("   (dry run: the numbers are the tiny CPU stand-ins', not the GPU sizes')")
+    print(f"wrote {out} ({record['elapsed_s']:.0f}s)")
+    return 1 if any(g["status"] == "error" for g in record["groups"]) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

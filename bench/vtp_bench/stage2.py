@@ -1,0 +1,396 @@
+"""Stage-2 workloads: the generator training step beside diffusers' DiT of the same size, and sampling.
+
+The step is ``LatentFlowMatching``'s: ``Transport.training_losses`` (logit-normal
+times, velocity MSE + cosine term), backward, AdamW, EMA update. The baseline is
+``diffusers.DiTTransformer2DModel`` with the same depth, width, heads, patch and
+latent shape, trained on the same flow-matching MSE with the same AdamW, but
+without the EMA update (so it gets the easier job).
+
+Sampling is measured per function evaluation (NFE): one velocity evaluation of
+a batch, then whole Euler runs (with and without classifier-free guidance,
+which doubles the batch of every NFE) counted in image-NFEs so their rate can
+be compared with the single evaluation's, and the pixel decoder that turns
+latents into images.
+
+Settings:
+
+- ``tiny``: ``configs/stage2/tiny.yaml`` (LightningDiT-T/1 on 8x8x16 latents, B = 128);
+- ``small-B``: LightningDiT-B/1 blocks (width 768, 12 heads) at depth 4, 8x8x64 latents, B = 16;
+- ``B`` / ``XL``: LightningDiT-B/1 and -XL/1 on VTP's 16x16x64 latents, B = 256 / 128 (GPU).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from vtp_bench.suite import Group, Settings, Workload, count_parameters, prepare
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TINY_RECIPE = REPO_ROOT / "configs" / "stage2" / "tiny.yaml"
+
+
+@dataclass(frozen=True)
+class GeneratorSetting:
+    name: str
+    model: str
+    latent_size: int
+    latent_channels: int
+    num_classes: int
+    batch_size: int
+    overrides: tuple[tuple[str, object], ...] = ()
+    sampling_steps: int = 50
+    description: str = ""
+
+
+GENERATOR_SETTINGS = {
+    "tiny": GeneratorSetting(
+        "tiny",
+        "LightningDiT-T/1",
+        8,
+        16,
+        10,
+        128,
+        description="configs/stage2/tiny.yaml: LightningDiT-T/1, 8x8x16, B=128",
+    ),
+    "small-B": GeneratorSetting(
+        "small-B",
+        "LightningDiT-B/1",
+        8,
+        64,
+        1000,
+        16,
+        overrides=(("depth", 4),),
+        description="LightningDiT-B/1 blocks at depth 4, 8x8x64, B=16",
+    ),
+    "B": GeneratorSetting(
+        "B",
+        "LightningDiT-B/1",
+        16,
+        64,
+        1000,
+        256,
+        sampling_steps=250,
+        description="LightningDiT-B/1, 16x16x64, B=256",
+    ),
+    "XL": GeneratorSetting(
+        "XL",
+        "LightningDiT-XL/1",
+        16,
+        64,
+        1000,
+        128,
+        sampling_steps=250,
+        description="LightningDiT-XL/1, 16x16x64, B=128",
+    ),
+}
+
+
+def stage2_config(setting: GeneratorSetting):
+    """The tiny recipe's objective, optimiser and EMA (the paper's values except lr / EMA length)."""
+    from vtp_gen.config import load_config
+    from vtp_gen.systems.stage2_config import Stage2Config
+
+    return load_config(Stage2Config, [TINY_RECIPE], [f"model.name={setting.model}"])
+
+
+def build_generator(setting: GeneratorSetting, **extra) -> nn.Module:
+    from vtp_gen.models.registry import create_model
+
+    return create_model(
+        setting.model,
+        input_size=setting.latent_size,
+        in_channels=setting.latent_channels,
+        num_classes=setting.num_classes,
+        **dict(setting.overrides),
+        **extra,
+    )
+
+
+def latent_batch(setting: GeneratorSetting, device: torch.device, batch_size: int | None = None):
+    generator = torch.Generator().manual_seed(0)
+    batch = batch_size or setting.batch_size
+    shape = (batch, setting.latent_channels, setting.latent_size, setting.latent_size)
+    latents = torch.randn(shape, generator=generator).to(device)
+    labels = torch.randint(0, setting.num_classes, (batch,), generator=generator).to(device)
+    return latents, labels
+
+
+class FlowMatchingStep:
+    """One step of ``LatentFlowMatching``: objective, backward, clipping, AdamW, EMA."""
+
+    def __init__(
+        self,
+        setting: GeneratorSetting,
+        settings: Settings,
+        batch_size: int,
+        model: nn.Module | None = None,
+        fused_adamw: bool = False,
+    ) -> None:
+        from vtp_gen.systems.stage2_run import build_system
+
+        cfg = stage2_config(setting)
+        self.settings = settings
+        self.system = build_system(cfg, model if model is not None else build_generator(setting))
+        self.system.to(settings.device)
+        self.model = self.system.model
+        optimizers = self.system.configure_optimizers()
+        self.optimizer = optimizers[0] if isinstance(optimizers, (list, tuple)) else optimizers
+        if fused_adamw:
+            # The same AdamW hyper-parameters, one fused kernel instead of torch's default loop.
+            group = self.optimizer.param_groups[0]
+            self.optimizer = torch.optim.AdamW(
+                group["params"],
+                lr=group["lr"],
+                betas=group["betas"],
+                eps=group["eps"],
+                weight_decay=group["weight_decay"],
+                fused=True,
+            )
+        self.clip_value = cfg.trainer.gradient_clip_val
+        self.latents, self.labels = latent_batch(setting, settings.device, batch_size)
+
+    def __call__(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.settings.autocast():
+            terms = self.system.transport.training_losses(self.model, self.latents, y=self.labels)
+        terms["loss"].mean().backward()
+        if self.clip_value:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_value)
+        self.optimizer.step()
+        self.system.ema.update(self.model)
+
+    def compile(self) -> None:
+        # What stage 2 does with trainer.compile=true: the whole generator.
+        self.model.compile()
+
+
+def diffusers_dit_like(model: nn.Module) -> nn.Module:
+    """diffusers' DiT with the generator's depth, width, heads, patch, latent shape and classes."""
+    from diffusers import DiTTransformer2DModel
+
+    config = model.config
+    return DiTTransformer2DModel(
+        num_attention_heads=config["num_heads"],
+        attention_head_dim=config["hidden_size"] // config["num_heads"],
+        in_channels=config["in_channels"],
+        out_channels=config["in_channels"],
+        num_layers=config["depth"],
+        sample_size=config["input_size"],
+        patch_size=config["patch_size"],
+        num_embeds_ada_norm=config["num_classes"],
+    )
+
+
+class DiffusersStep:
+    """Flow-matching MSE step of diffusers' DiT with the same AdamW settings (no EMA)."""
+
+    def __init__(
+        self,
+        setting: GeneratorSetting,
+        settings: Settings,
+        batch_size: int,
+        model: nn.Module,
+        lr: float,
+        betas,
+    ) -> None:
+        self.settings = settings
+        self.model = model.to(settings.device).train()
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, betas=betas, weight_decay=0.0)
+        self.latents, self.labels = latent_batch(setting, settings.device, batch_size)
+
+    def __call__(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        x1 = self.latents
+        noise = torch.randn_like(x1)
+        t = torch.sigmoid(torch.randn(x1.shape[0], device=x1.device) * 1.25 - 0.5)
+        x_t = t.view(-1, 1, 1, 1) * x1 + (1 - t.view(-1, 1, 1, 1)) * noise
+        with self.settings.autocast():
+            velocity = self.model(x_t, timestep=t, class_labels=self.labels, return_dict=False)[0]
+        ((velocity.float() - (x1 - noise)) ** 2).mean().backward()
+        self.optimizer.step()
+
+    def compile(self) -> None:
+        self.model.compile()
+
+
+def stage2_step_group(name: str, fused_adamw_variant: bool = True) -> Group:
+    setting = GENERATOR_SETTINGS[name]
+
+    def build(settings: Settings) -> list[Workload]:
+        batch = settings.sized(setting.batch_size, 8)
+        ours = FlowMatchingStep(setting, settings, batch)
+        cfg = stage2_config(setting)
+        betas = (cfg.optim.beta1, cfg.optim.beta2)
+        theirs = DiffusersStep(setting, settings, batch, diffusers_dit_like(ours.model), cfg.optim.lr, betas)
+        ours_flops, theirs_flops = prepare(ours, settings), prepare(theirs, settings)
+        variants = []
+        if fused_adamw_variant and not settings.quick:
+            fused = FlowMatchingStep(setting, settings, batch, fused_adamw=True)
+            variants.append(
+                Workload(
+                    name=f"stage2/{name}/step_fused_adamw",
+                    step=fused,
+                    items=batch,
+                    baseline=f"stage2/{name}/step",
+                    compare="throughput",
+                    tracked=(fused.system, fused.optimizer),
+                    flops=prepare(fused, settings),
+                    params=count_parameters(fused.model),
+                    notes="step with AdamW(fused=True), same hyper-parameters",
+                )
+            )
+        base = f"stage2/{name}/diffusers_dit_step"
+        return [
+            Workload(
+                name=f"stage2/{name}/step",
+                step=ours,
+                items=batch,
+                baseline=base,
+                compare="throughput",
+                tracked=(ours.system, ours.optimizer),
+                flops=ours_flops,
+                params=count_parameters(ours.model),
+                notes=f"B={batch}, loss + backward + AdamW + EMA",
+            ),
+            Workload(
+                name=base,
+                step=theirs,
+                items=batch,
+                tracked=(theirs.model, theirs.optimizer),
+                flops=theirs_flops,
+                params=count_parameters(theirs.model),
+                notes="diffusers DiTTransformer2DModel, same size; MSE + backward + AdamW",
+            ),
+            *variants,
+        ]
+
+    return Group(
+        name=f"stage2/{name}",
+        description=f"generator training step ({setting.description}) vs diffusers DiT",
+        build=build,
+        tags=("stage2", name),
+    )
+
+
+# ---------------------------------------------------------------------- sampling
+class VelocityEval:
+    """One NFE: the generator on a batch of noisy latents, in inference mode."""
+
+    def __init__(self, model: nn.Module, latents: torch.Tensor, labels: torch.Tensor, settings: Settings):
+        self.model, self.latents, self.labels, self.settings = model, latents, labels, settings
+        self.t = torch.full((latents.shape[0],), 0.5, device=latents.device)
+
+    @torch.inference_mode()
+    def __call__(self) -> None:
+        with self.settings.autocast():
+            self.model(self.latents, self.t, self.labels)
+
+
+class EulerSampling:
+    """A whole sampler run (``transport.sample``) from fixed noise, optionally guided."""
+
+    def __init__(self, model, latents, labels, steps: int, cfg_scale: float, settings: Settings):
+        self.model, self.latents, self.labels = model, latents, labels
+        self.steps, self.cfg_scale, self.settings = steps, cfg_scale, settings
+
+    @torch.inference_mode()
+    def __call__(self) -> None:
+        from vtp_gen.transport import sample
+
+        with self.settings.autocast():
+            sample(
+                self.model,
+                self.latents,
+                self.labels,
+                method="euler",
+                steps=self.steps,
+                shift=0.3,
+                cfg_scale=self.cfg_scale,
+            )
+
+
+def decoder_for(setting: GeneratorSetting) -> nn.Module:
+    """The pixel decoder of the tokenizer whose latents the setting models (random weights)."""
+    from vtp_gen.models.registry import create_model
+
+    presets = {"tiny": ("vtp-tiny", {}), "small-B": ("vtp-b", {"decoder_depth": 4, "vision_depth": 1})}
+    preset, overrides = presets.get(setting.name, ("vtp-b", {}))
+    with torch.device("meta"):
+        probe = create_model(preset, **overrides)
+    patch = probe.config.vision_patch_size
+    model = create_model(
+        preset, image_size=setting.latent_size * patch, train_clip=False, rope_dtype="float32", **overrides
+    )
+    if model.trunk.latent_channels != setting.latent_channels:
+        raise ValueError(
+            f"{preset} makes {model.trunk.latent_channels}-channel latents, not {setting.latent_channels}"
+        )
+    return model.pixel_decoder
+
+
+def sampling_group(name: str, nfe_settings: tuple[int, ...] | None = None) -> Group:
+    setting = GENERATOR_SETTINGS[name]
+
+    def build(settings: Settings) -> list[Workload]:
+        device = settings.device
+        model = build_generator(setting).to(device).eval()
+        batch = settings.sized(setting.batch_size, 4)
+        latents, labels = latent_batch(setting, device, batch)
+        one = f"sampling/{name}/nfe1"
+        workloads = [
+            Workload(
+                name=one,
+                step=VelocityEval(model, latents, labels, settings),
+                items=batch,
+                unit="img-NFE",
+                tracked=(model,),
+                params=count_parameters(model),
+                notes=f"B={batch}, one velocity evaluation (inference mode)",
+            )
+        ]
+        for steps in (4,) if settings.quick else nfe_settings or (setting.sampling_steps,):
+            nfe = steps - 1  # `steps` grid points, steps - 1 Euler updates
+            for cfg_scale in (1.0, 2.0):
+                guided = cfg_scale > 1
+                workloads.append(
+                    Workload(
+                        name=f"sampling/{name}/euler{steps}" + ("_cfg" if guided else ""),
+                        step=EulerSampling(model, latents, labels, steps, cfg_scale, settings),
+                        items=batch * nfe,
+                        unit="img-NFE",
+                        baseline=one,
+                        compare="throughput",
+                        tracked=(model,),
+                        notes=f"{nfe} NFE per image" + (", guided: doubled batch per NFE" if guided else ""),
+                        info={"nfe": nfe, "cfg_scale": cfg_scale, "images_per_call": batch},
+                    )
+                )
+        decoder = decoder_for(setting).to(device).eval()
+
+        @torch.inference_mode()
+        def decode() -> None:
+            with settings.autocast():
+                decoder(latents)
+
+        workloads.append(
+            Workload(
+                name=f"sampling/{name}/decode",
+                step=decode,
+                items=batch,
+                tracked=(decoder,),
+                params=count_parameters(decoder),
+                notes="pixel decoder on the sampled latents",
+            )
+        )
+        return workloads
+
+    return Group(
+        name=f"sampling/{name}",
+        description=f"sampling per NFE and decoding ({setting.description})",
+        build=build,
+        tags=("sampling", name),
+    )

@@ -1,0 +1,164 @@
+"""The benchmark harness (bench/): its measuring pieces on known inputs, and the quick suite end to end.
+
+The harness is not a library module: it lives in bench/vtp_bench and is put on
+the import path by pytest's ``monkeypatch.syspath_prepend`` for these tests only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BENCH_DIR = REPO_ROOT / "bench"
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH_DIR))
+    import vtp_bench.flops
+    import vtp_bench.memory
+    import vtp_bench.report
+    import vtp_bench.timing
+
+    return vtp_bench
+
+
+def test_flops_of_a_linear_layer_forward_and_backward(bench):
+    layer = torch.nn.Linear(32, 48, bias=False)
+    x = torch.randn(10, 32, requires_grad=True)
+    # forward, grad of the input, grad of the weight: three (10 x 32 x 48) products of 2 FLOPs per MAC
+    assert bench.flops.count_flops(lambda: layer(x).sum().backward()) == 3 * 2 * 10 * 32 * 48
+
+
+def test_cpu_attention_kernels_are_counted(bench):
+    b, h, n, d = 2, 3, 17, 8
+    q = torch.randn(b, h, n, d, requires_grad=True)
+    k, v = torch.randn(b, h, n, d), torch.randn(b, h, n, d)
+    forward = bench.flops.count_flops(lambda: F.scaled_dot_product_attention(q, k, v))
+    assert forward == 2 * (2 * b * h * n * n * d)  # scores and weighted sum
+    both = bench.flops.count_flops(lambda: F.scaled_dot_product_attention(q, k, v).sum().backward())
+    assert both == forward + 5 * (2 * b * h * n * n * d)  # torch's backward formula (recomputes scores)
+
+
+def test_matmul_peak_probe_counts_its_flops(bench):
+    probe = bench.flops.MatmulPeak("cpu", size=64, repeats=3)
+    assert probe.flops_per_call == 3 * 2 * 64**3
+    assert bench.flops.count_flops(probe) == probe.flops_per_call
+
+
+def test_live_tensor_bytes_tracks_allocations_and_frees(bench):
+    layer = torch.nn.Linear(100, 100)
+    tracked_state = sum(p.numel() * 4 for p in layer.parameters())
+    x = torch.randn(50, 100)
+
+    def call():
+        a = torch.empty(1000)  # 4000 B, freed before b exists
+        del a
+        b = torch.empty(2000)  # 8000 B
+        c = b.view(40, 50)  # a view: no new storage
+        layer(x)  # 50 x 100 floats of output, dropped at once
+        return c
+
+    peak = bench.memory.peak_memory_bytes(call, "cpu", tracked=(layer,))
+    assert peak == tracked_state + 8000 + 50 * 100 * 4
+
+
+def test_interleaved_rounds_rotate_and_ratios_pair_by_round(bench):
+    order = []
+    runners = {name: (lambda name=name: order.append(name)) for name in "abc"}
+    samples = bench.timing.interleaved_times(runners, rounds=3, device="cpu", warmup=1, min_sample_s=0.0)
+    assert order[:3] == ["a", "b", "c"]  # warm-up
+    assert order[3:] == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert all(len(v) == 3 for v in samples.values())
+    # a load spike in round 2 slows both sides; the paired ratio ignores it, the ratio of medians would not
+    assert bench.timing.paired_ratio([1.0, 10.0, 1.0], [2.0, 20.0, 2.0]) == 0.5
+    assert bench.timing.spread([1.0, 2.0, 3.0]) == 1.0
+
+
+def test_self_timed_runners_report_their_own_seconds(bench):
+    class Job:
+        self_timed = True
+
+        def __call__(self):
+            return 0.25
+
+    samples = bench.timing.interleaved_times({"job": Job()}, rounds=2, device="cpu", min_sample_s=1.0)
+    assert samples["job"] == [0.25, 0.25]
+
+
+def test_targets_are_checked_against_measured_workloads(bench):
+    report = bench.report
+    groups = [{"workloads": [{"name": "w", "mfu": 0.5, "ratio_vs_baseline": None}]}]
+    targets = [
+        report.Target("mfu", "w", "mfu", 0.4),
+        report.Target("ratio", "w", "ratio_vs_baseline", 1.0),
+        report.Target("absent", "x", "mfu", 0.4),
+    ]
+    met = [t["met"] for t in report.check_targets(groups, targets)]
+    assert met == [True, None, None]
+
+
+WORKLOAD_KEYS = {
+    "name", "unit", "items_per_call", "seconds_per_call", "seconds_samples", "spread", "throughput",
+    "calls_per_s", "flops_per_call", "flops_source", "achieved_flops_per_s", "mfu", "peak_memory_bytes",
+    "params", "baseline", "compare", "ratio_vs_baseline", "notes", "info",
+}  # fmt: skip
+
+
+def test_quick_suite_runs_every_group_and_writes_the_json_schema(tmp_path):
+    out = tmp_path / "bench.json"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, str(BENCH_DIR / "run.py"), "--quick", "--threads", "1", "--out", str(out)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    record = json.loads(out.read_text())
+    assert record["schema"] == "vtp_gen.bench/1"
+    assert record["settings"]["quick"] is True
+    assert record["machine"]["torch_threads"] == 1
+    names = {g["name"] for g in record["groups"]}
+    assert {"stage1/tiny", "towers/tiny", "decoder_finetune/tiny", "caching/tiny", "stage2/tiny"} <= names
+    assert {"sampling/tiny", "fid_features/tiny"} <= names
+    for group in record["groups"]:
+        assert group["status"] in ("ok", "skipped"), group.get("reason")
+        if group["status"] == "skipped":
+            assert group["reason"]
+            continue
+        assert group["peak"]["flops_per_s"] > 0
+        names_in_group = {w["name"] for w in group["workloads"]}
+        for w in group["workloads"]:
+            assert set(w) == WORKLOAD_KEYS, w["name"]
+            assert len(w["seconds_samples"]) == record["settings"]["rounds"]
+            assert w["throughput"] > 0 and math.isfinite(w["throughput"])
+            if w["flops_per_call"]:
+                assert (
+                    0 < w["mfu"] < 2
+                )  # noise or shapes faster than the probe allow a little over 1, not more
+            if w["baseline"] is not None:
+                assert w["baseline"] in names_in_group
+                assert w["ratio_vs_baseline"] > 0
+            if w["peak_memory_bytes"] is not None:
+                assert w["peak_memory_bytes"] > 0
+    by_name = {w["name"]: w for g in record["groups"] for w in g["workloads"]}
+    # Training steps do real work the counter sees, forward and backward.
+    assert (
+        by_name["stage1/tiny/step_all"]["flops_per_call"]
+        > by_name["stage1/tiny/timm_vit_fwd_bwd"]["flops_per_call"]
+    )
+    assert by_name["stage2/tiny/step"]["flops_per_call"] > 0
+    assert {t["workload"] for t in record["targets"]} >= {"stage1/tiny/step_all", "caching/tiny/cache_loop"}
+    assert "stage1/tiny" in done.stdout and "targets" in done.stdout
