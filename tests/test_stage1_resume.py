@@ -131,12 +131,8 @@ def test_sigkill_during_pretraining_then_rerun_ends_with_identical_weights(tmp_p
     assert difference == 0.0
     exported = [load_file(str(s / "tokenizer" / "model.safetensors")) for s in (reference, stage)]
     assert max_abs_difference(*exported) == 0.0
-    # The curves keep the history from before the kill.
+    # The curves keep the history from before the kill (a rerun of a finished run is tested in test_stage1_run).
     assert list((stage / "logs").glob("metrics.part*.csv"))
-
-    # Rerunning a finished run does nothing and says so.
-    again = run_to_end(killed)
-    assert "already complete" in again and "resuming" not in again
 
 
 @pytest.mark.slow

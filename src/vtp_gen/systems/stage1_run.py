@@ -24,6 +24,7 @@ import math
 import re
 import shutil
 import time
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -278,7 +279,11 @@ def finetune_decoder(cfg: DictConfig, folder: Path, model: VTPModel | None) -> N
         strategy=resolve_strategy(cfg.trainer.strategy),
     )
     started = time.time()
-    trainer.fit(system, datamodule=build_finetune_data(cfg), ckpt_path=resume)
+    with warnings.catch_warnings():
+        # Both optimisers step inside training_step, so a checkpoint holds the state after the step:
+        # exactly what a resume needs (Lightning warns about this for every manual-optimisation run).
+        warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
+        trainer.fit(system, datamodule=build_finetune_data(cfg), ckpt_path=resume)
     if system.finetune_step < ft.max_steps:
         raise RuntimeError(f"decoder fine-tune stopped at step {system.finetune_step} of {ft.max_steps}")
     if trainer.is_global_zero:
@@ -474,6 +479,10 @@ def run(cfg: DictConfig) -> dict | None:
         print(f"stage1: already complete in {folder} (tokenizer: {folder / 'tokenizer'}); nothing to do.")
         print(f"stage1: {summary_line(metrics)}")
         return metrics
+    if cfg.trainer.compile:
+        # Three input shapes per step (centre crops, global and local crops) and per-step subsets
+        # would recompile constantly; stage 1 runs eagerly.
+        warnings.warn("trainer.compile is ignored by stage 1", stacklevel=2)
     L.seed_everything(cfg.run.seed, workers=True, verbose=False)
     model = pretrain(cfg, folder)
     finetune_decoder(cfg, folder, model)
