@@ -200,11 +200,24 @@ def evaluation_reference(ctx: EvalContext, need_features: bool):
 
     gen = ctx.cfg.generation
     if gen.reference:
+        path = Path(gen.reference)
+        cache = None
+        if ctx.cfg.cache_reference and path.is_file():
+            # An ADM batch's own images (P/R, KID) cost 10k Inception passes: keep their features too.
+            stat = path.stat()
+            key = json.dumps([str(path.resolve()), stat.st_size, stat.st_mtime_ns, gen.num_reference])
+            ctx.inception()
+            key += ctx.extractor
+            cache = (
+                cache_dir()
+                / "fid_references"
+                / f"{path.stem}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.npz"
+            )
         return prepare_reference(
             gen.reference,
             ctx.inception(),
             ctx.extractor,
-            None,
+            cache,
             need_features,
             batch_size=ctx.cfg.data.batch_size,
             progress=ctx.progress,
@@ -763,7 +776,7 @@ def run(cfg: DictConfig) -> dict:
         ctx.notes.append("tokenizer metrics: skipped (no tokenizer in runs/<name>/stage1/tokenizer)")
         _say(ctx.notes[-1])
     _say(f"evaluating run '{cfg.run.name}' on {ctx.dataset_name} {cfg.data.split} ({ctx.device}) -> {folder}")
-    with torch.inference_mode(False), torch.no_grad():
+    with torch.no_grad():
         if cfg.generation.enabled:
             _timed(ctx, "generation", evaluate_generation_part)
         if ctx.tokenizer is not None:
