@@ -60,10 +60,13 @@ def plot_loss_curves(
     keys: Sequence[str],
     path: str | Path,
     title: str = "",
-    smoothing: int = 10,
+    smoothing: int | None = None,
     log_scale: bool = False,
 ) -> Path:
-    """One panel per key present in ``metrics`` (raw values faint, moving average on top); returns ``path``."""
+    """One panel per key present in ``metrics`` (raw values faint, moving average on top); returns ``path``.
+
+    ``smoothing`` is the moving-average window in logged points (default: a fifteenth of the curve).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -77,8 +80,9 @@ def plot_loss_curves(
     fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.0 * rows), squeeze=False)
     for ax, key in zip(axes.flat, present):
         steps, values = zip(*metrics[key])
+        window = smoothing or max(1, len(values) // 15)
         ax.plot(steps, values, color="tab:blue", alpha=0.3, linewidth=0.8)
-        ax.plot(steps, smooth(values, smoothing), color="tab:blue", linewidth=1.5)
+        ax.plot(steps, smooth(values, window), color="tab:blue", linewidth=1.5)
         ax.set_title(key, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=7)
@@ -89,7 +93,8 @@ def plot_loss_curves(
         ax.axis("off")
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    # Leave the top strip to the title.
+    fig.tight_layout(rect=(0, 0, 1, 0.97 if title else 1))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
