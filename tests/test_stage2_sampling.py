@@ -99,6 +99,11 @@ def test_adm_npz_layout(tmp_path):
         assert archive["arr_0"].dtype == np.uint8 and archive["arr_0"].shape == (5, 8, 6, 3)
         np.testing.assert_array_equal(archive["arr_0"], images)
         np.testing.assert_array_equal(archive["arr_1"], labels.numpy())
+    # Our evaluation's streaming reader agrees (it parses the header itself).
+    from vtp_gen.interop.adm_npz import adm_npz_image_count, iter_adm_npz_images
+
+    assert adm_npz_image_count(path) == 5
+    np.testing.assert_array_equal(np.concatenate(list(iter_adm_npz_images(path, 2))), images)
     # A prefix of the samples, without labels.
     with np.load(write_adm_npz(tmp_path / "p.npz", tmp_path / "png", 3, None)) as archive:
         assert archive.files == ["arr_0"]

@@ -323,7 +323,7 @@ def write_adm_npz(
     tmp = path.with_name(f".{path.name}.tmp")
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
         with archive.open("arr_0.npy", "w", force_zip64=True) as f:
-            np.lib.format.write_array_header_2_0(f, header)
+            np.lib.format.write_array_header_1_0(f, header)  # what np.save writes for such a header
             for index in range(num_samples):
                 pixels = first if index == 0 else load_png(png_path(png_folder, index))
                 if pixels.shape != first.shape:

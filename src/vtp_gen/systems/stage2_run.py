@@ -185,36 +185,44 @@ def preview_callback(cfg: DictConfig, folder: Path, latents: LatentDataset, num_
 
 
 class SpeedMeter(L.Callback):
-    """Optimiser steps per second (after the first step, which pays for warm-up) and peak memory."""
+    """Optimiser steps per second, CPU seconds per step and peak memory, from the second step on.
+
+    The first step pays for warm-up and is not timed. CPU time (all threads of
+    this process) does not depend on what else runs on the machine, unlike
+    wall time.
+    """
 
     def __init__(self):
-        self.start_step = 0
-        self._first = 0
         self.steps = 0
         self.seconds = 0.0
-        self._t0: float | None = None
+        self.cpu_seconds = 0.0
+        self._first_step: int | None = None
+        self._t0 = 0.0
+        self._cpu0 = 0.0
 
     def on_train_start(self, trainer, pl_module) -> None:
-        self.start_step = trainer.global_step
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self._t0 is None:
-            self._t0 = time.perf_counter()
-            self._first = trainer.global_step
+        if self._first_step is None:
+            self._first_step = trainer.global_step
+            self._t0, self._cpu0 = time.perf_counter(), time.process_time()
             return
-        self.steps = trainer.global_step - self._first
+        self.steps = trainer.global_step - self._first_step
         self.seconds = time.perf_counter() - self._t0
+        self.cpu_seconds = time.process_time() - self._cpu0
         if self.steps and trainer.global_step % max(1, trainer.log_every_n_steps) == 0:
             pl_module.log("train/steps_per_sec", self.steps / self.seconds, rank_zero_only=True)
 
     def summary(self) -> dict:
         peak_rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+        timed = self.steps and self.seconds
         out = {
             "timed_steps": self.steps,
             "timed_seconds": round(self.seconds, 3),
-            "steps_per_sec": round(self.steps / self.seconds, 4) if self.seconds else None,
+            "steps_per_sec": round(self.steps / self.seconds, 4) if timed else None,
+            "cpu_seconds_per_step": round(self.cpu_seconds / self.steps, 4) if timed else None,
             "peak_host_memory_gib": round(peak_rss_kib / 2**20, 3),
         }
         if torch.cuda.is_available():
