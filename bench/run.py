@@ -14,6 +14,7 @@ MFU, interleaved rounds) is in docs/performance.md and bench/README.md.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -33,6 +34,7 @@ from vtp_bench.report import (  # noqa: E402
     format_group,
     format_targets,
     machine_description,
+    markdown_tables,
     utc_now,
     write_json,
 )
@@ -66,8 +68,8 @@ def suite_groups(suite: str) -> list[Group]:
             caching_group("small-B"),
             stage2_step_group("tiny"),
             stage2_step_group("small-B"),
-            sampling_group("tiny", nfe_settings=(50,)),
-            sampling_group("small-B", nfe_settings=(10,)),
+            sampling_group("tiny", nfe_settings=(10,)),
+            sampling_group("small-B", nfe_settings=(5,)),
             fid_features_group("cpu"),
         ]
     if suite == "gpu":
@@ -148,11 +150,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--out", type=Path, default=None, help="JSON path (default runs/bench/bench-<time>.json)"
     )
+    parser.add_argument(
+        "--markdown", type=Path, default=None, metavar="JSON", help="print a result file as markdown"
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.markdown is not None:
+        record = json.loads(args.markdown.read_text())
+        print(markdown_tables(record))
+        print()
+        print(format_targets(record["targets"]) if record.get("targets") else "(no targets)")
+        return 0
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device here")

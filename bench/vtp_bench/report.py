@@ -210,3 +210,39 @@ def format_targets(targets: list[dict]) -> str:
             value = f"{t['value']:.3f}"
         lines.append(f"   {state:12s} {value:>7s} (>= {t['threshold']:g})  {t['name']}")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- markdown (docs/performance.md)
+def markdown_tables(record: dict) -> str:
+    """The record's groups as one markdown table, for pasting measured results into the docs."""
+    lines = [
+        "| workload | rate | ms/call | GFLOP/call | GFLOP/s | MFU | peak mem | vs baseline |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for group in record["groups"]:
+        if group["status"] != "ok":
+            lines.append(f"| {group['name']} | {group['status']}: {group.get('reason', '')} | | | | | | |")
+            continue
+        peak = group["peak"]["flops_per_s"] / 1e9
+        load = group.get("load_average") or [float("nan")] * 2
+        lines.append(f"| **{group['name']}** (peak {peak:.0f} GFLOP/s, load {load[0]:.1f}) | | | | | | | |")
+        for w in group["workloads"]:
+            ratio = w["ratio_vs_baseline"]
+            versus = "" if ratio is None else f"{ratio:.2f}x ({w['compare'].replace('_', ' ')})"
+            flops = w["flops_per_call"]
+            lines.append(
+                "| {name} | {rate:.4g} {unit}/s | {ms:.4g} | {gf} | {rate_gf} | {mfu} | {mem} | {versus} |".format(
+                    name=w["name"].split("/", 2)[-1],
+                    rate=w["throughput"],
+                    unit=w["unit"],
+                    ms=w["seconds_per_call"] * 1e3,
+                    gf="-" if not flops else f"{flops / 1e9:.3g}",
+                    rate_gf="-"
+                    if not w["achieved_flops_per_s"]
+                    else f"{w['achieved_flops_per_s'] / 1e9:.3g}",
+                    mfu="-" if w["mfu"] is None else f"{100 * w['mfu']:.0f}%",
+                    mem=_bytes(w["peak_memory_bytes"]),
+                    versus=versus,
+                )
+            )
+    return "\n".join(lines)

@@ -14,7 +14,7 @@ latents into images.
 
 Settings:
 
-- ``tiny``: ``configs/stage2/tiny.yaml`` (LightningDiT-T/1 on 8x8x16 latents, B = 128);
+- ``tiny``: what ``configs/stage2/tiny.yaml`` says (model, batch, sampler steps) on vtp-tiny's 8x8x16 latents;
 - ``small-B``: LightningDiT-B/1 blocks (width 768, 12 heads) at depth 4, 8x8x64 latents, B = 16;
 - ``B`` / ``XL``: LightningDiT-B/1 and -XL/1 on VTP's 16x16x64 latents, B = 256 / 128 (GPU).
 """
@@ -46,16 +46,26 @@ class GeneratorSetting:
     description: str = ""
 
 
-GENERATOR_SETTINGS = {
-    "tiny": GeneratorSetting(
+def tiny_setting() -> GeneratorSetting:
+    """The embedded default as configs/stage2/tiny.yaml has it (model, batch, sampler steps), on vtp-tiny latents."""
+    from omegaconf import OmegaConf
+
+    recipe = OmegaConf.load(TINY_RECIPE)
+    model, batch = recipe.model.name, int(recipe.train.global_batch_size)
+    return GeneratorSetting(
         "tiny",
-        "LightningDiT-T/1",
+        model,
         8,
         16,
         10,
-        128,
-        description="configs/stage2/tiny.yaml: LightningDiT-T/1, 8x8x16, B=128",
-    ),
+        batch,
+        sampling_steps=int(recipe.sampling.steps),
+        description=f"configs/stage2/tiny.yaml: {model}, 8x8x16, B={batch}",
+    )
+
+
+GENERATOR_SETTINGS = {
+    "tiny": tiny_setting(),
     "small-B": GeneratorSetting(
         "small-B",
         "LightningDiT-B/1",
