@@ -20,7 +20,6 @@ import lightning as L
 import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.accelerators import CPUAccelerator
-from lightning.pytorch.callbacks import TQDMProgressBar
 from omegaconf import DictConfig
 
 from vtp_gen.config import save_config
@@ -45,6 +44,7 @@ from vtp_gen.latents.manifest import (
 )
 from vtp_gen.latents.stats import stats_subset_mask
 from vtp_gen.latents.writer import ShardLayout, ShardWriter, completed_shards
+from vtp_gen.systems.trainer import build_predict_trainer
 from vtp_gen.utils.run_dir import run_root, write_json_atomic
 
 
@@ -181,26 +181,6 @@ def _say(message: str) -> None:
         print(f"[cache] {message}", flush=True)
 
 
-def build_predict_trainer(cfg: DictConfig, folder: Path, callbacks: list) -> L.Trainer:
-    if cfg.progress_bar:
-        callbacks = [*callbacks, TQDMProgressBar(refresh_rate=1)]
-    return L.Trainer(
-        accelerator=cfg.accelerator,
-        devices=cfg.devices,
-        num_nodes=cfg.num_nodes,
-        strategy=cfg.strategy,
-        precision=resolve_precision(cfg),
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        enable_progress_bar=cfg.progress_bar,
-        callbacks=callbacks,
-        use_distributed_sampler=False,  # our own disjoint shard assignment (see encode.py)
-        default_root_dir=str(folder),
-        inference_mode=True,
-    )
-
-
 def share_cpu_cores(trainer: L.Trainer) -> None:
     """Several CPU ranks on one machine: split the cores instead of each rank taking all of them
     (oversubscribed intra-op threads make every rank slower than one rank alone)."""
@@ -245,7 +225,7 @@ def run(cfg: DictConfig) -> CacheResult:
             cfg.storage_dtype,
         )
         encoder = LatentEncoder(load_tokenizer(str(tokenizer_path)), cfg.data.image_size, cfg.flips)
-        trainer = build_predict_trainer(cfg, folder, [writer])
+        trainer = build_predict_trainer(cfg, [writer], resolve_precision(cfg), folder)
         share_cpu_cores(trainer)
         trainer.predict(
             encoder, datamodule=CacheDataModule(dataset, layout, folder, cfg.data), return_predictions=False

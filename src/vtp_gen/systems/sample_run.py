@@ -24,10 +24,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import TQDMProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from vtp_gen.config import ConfigError
@@ -47,6 +45,7 @@ from vtp_gen.systems.sampling import (
     write_adm_npz,
 )
 from vtp_gen.systems.stage2_run import GENERATOR_DIR, RUN_INFO_FILE
+from vtp_gen.systems.trainer import build_predict_trainer
 from vtp_gen.utils.images import load_png, save_grid
 from vtp_gen.utils.run_dir import run_root, write_json_atomic
 
@@ -182,25 +181,6 @@ def prepare_folder(folder: Path, wanted: dict, overwrite: bool) -> dict:
     return record
 
 
-def build_predict_trainer(cfg: DictConfig, callbacks: list) -> L.Trainer:
-    if cfg.progress_bar:
-        callbacks = [*callbacks, TQDMProgressBar(refresh_rate=1)]
-    return L.Trainer(
-        accelerator=cfg.accelerator,
-        devices=cfg.devices,
-        num_nodes=cfg.num_nodes,
-        strategy=cfg.strategy,
-        precision=resolve_precision(cfg),
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        enable_progress_bar=cfg.progress_bar,
-        callbacks=callbacks,
-        use_distributed_sampler=False,  # SamplePlanData gives each rank its own indices
-        inference_mode=True,
-    )
-
-
 def _say(message: str) -> None:
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
@@ -230,7 +210,7 @@ def run(cfg: DictConfig) -> SampleResult:
         f"{generator_path} -> {folder}"
     )
     writer = PngWriter(images)
-    trainer = build_predict_trainer(cfg, [writer])
+    trainer = build_predict_trainer(cfg, [writer], resolve_precision(cfg))
     if pending:
         from vtp_gen import load_tokenizer
 

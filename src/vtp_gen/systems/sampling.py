@@ -1,14 +1,17 @@
 """Generating images from a trained generator: decoding, sample plans, grids, and the resumable sample writer.
 
-Every sample is a pure function of ``(seed, i)``: its class label and its
-initial noise come from generators seeded by the sample index ``i``. So the
-images do not depend on how many devices share the work, on the batch size,
-or on how often the run was interrupted (for the ODE samplers; the SDE
-sampler's noise is per batch). Resuming is therefore just "make the samples
-whose PNG is missing":
+Every sample is a function of ``(seed, i)``: its class label and its initial
+noise come from generators seeded by the sample index ``i``. Batches are
+aligned blocks of the index space (``[k*B, (k+1)*B)``), so sample ``i`` is
+always computed in the same batch whatever the number of devices or
+interruptions: a resumed run makes bit-identical PNGs. Another batch size
+changes the batch composition, and float kernels are not batch-invariant, so
+images then agree up to rounding (a pixel may move by one level). Resuming is
+"make the samples whose PNG is missing":
 
-- :class:`SamplePlanData` hands each rank a disjoint slice of the missing
-  indices (rank 0 lists them, every rank gets the list);
+- :class:`SamplePlanData` hands each rank whole blocks that hold missing
+  samples (rank 0 lists them, every rank gets the list); a block is computed
+  in full and only its missing samples are written;
 - :class:`LatentSampler` (``trainer.predict``) samples latents, undoes the
   latent standardisation and decodes them with the tokenizer;
 - :class:`PngWriter` writes ``{i:06d}.png`` atomically as batches finish;
@@ -207,15 +210,20 @@ class SampleGridCallback(L.Callback):
 
 
 class _Indices(Dataset):
-    def __init__(self, indices: list[int], labels: torch.Tensor):
+    def __init__(self, indices: list[int], labels: torch.Tensor, write: list[bool]):
         self.indices = indices
         self.labels = labels
+        self.write = write
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, position: int) -> dict:
-        return {"index": self.indices[position], "label": self.labels[position]}
+        return {
+            "index": self.indices[position],
+            "label": self.labels[position],
+            "write": self.write[position],
+        }
 
 
 def png_path(folder: Path, index: int) -> Path:
@@ -230,7 +238,13 @@ def missing_indices(folder: Path, num_samples: int) -> list[int]:
 
 
 class SamplePlanData(L.LightningDataModule):
-    """Each rank's share of the missing samples: rank r takes every world_size-th missing index."""
+    """Each rank's share of the missing samples, as whole aligned blocks of ``batch_size`` indices.
+
+    Rank r takes every world_size-th block that holds a missing sample. Blocks
+    run past ``num_samples`` at the end so that the last batch has the same
+    composition whatever ``num_samples`` is; only missing samples below it are
+    written (``self.assigned``).
+    """
 
     # A rank with nothing left to do near the end of a resumed run is expected.
     allow_zero_length_dataloader_with_multiple_devices = True
@@ -250,9 +264,14 @@ class SamplePlanData(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         pending = missing_indices(self.folder, self.num_samples) if self.trainer.is_global_zero else None
         pending = self.trainer.strategy.broadcast(pending, src=0)
-        self.assigned = pending[self.trainer.global_rank :: self.trainer.world_size]
-        labels = sample_labels(self.assigned, self.num_classes, self.label_mode, self.seed)
-        return DataLoader(_Indices(self.assigned, labels), batch_size=self.batch_size, shuffle=False)
+        blocks = sorted({index // self.batch_size for index in pending})
+        mine = set(blocks[self.trainer.global_rank :: self.trainer.world_size])
+        self.assigned = [index for index in pending if index // self.batch_size in mine]
+        indices = [b * self.batch_size + k for b in sorted(mine) for k in range(self.batch_size)]
+        wanted = set(self.assigned)
+        write = [index in wanted for index in indices]
+        labels = sample_labels(indices, self.num_classes, self.label_mode, self.seed)
+        return DataLoader(_Indices(indices, labels, write), batch_size=self.batch_size, shuffle=False)
 
 
 class LatentSampler(L.LightningModule):
@@ -278,7 +297,11 @@ class LatentSampler(L.LightningModule):
             )
         latents = transport_sample(self.generator, noise, labels, **kwargs)
         images = self.decoder(latents.float())
-        return {"index": batch["index"].cpu(), "pixels": to_uint8(images.float()).cpu()}
+        return {
+            "index": batch["index"].cpu(),
+            "write": batch["write"].cpu(),
+            "pixels": to_uint8(images.float()).cpu(),
+        }
 
 
 class PngWriter(BasePredictionWriter):
@@ -292,7 +315,10 @@ class PngWriter(BasePredictionWriter):
     def write_on_batch_end(
         self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx
     ):
-        for index, pixels in zip(prediction["index"].tolist(), prediction["pixels"].numpy()):
+        rows = zip(prediction["index"].tolist(), prediction["write"].tolist(), prediction["pixels"].numpy())
+        for index, write, pixels in rows:
+            if not write:  # already on disk, or past num_samples: computed only to keep the batch intact
+                continue
             save_png(pixels, png_path(self.folder, index))
             self.written += 1
 

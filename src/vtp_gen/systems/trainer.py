@@ -115,3 +115,32 @@ def build_trainer(
     )
     kwargs.update(overrides)
     return L.Trainer(**kwargs)
+
+
+def build_predict_trainer(
+    cfg: TrainerConfig, callbacks: list, precision: str, run_folder: Path | None = None
+) -> L.Trainer:
+    """A Trainer for ``predict`` loops (latent caching, sampling): no logger, no checkpoints.
+
+    ``precision`` is the caller's choice: outputs that are data (latents,
+    samples) stay fp32 where training would use bf16. Each caller's DataModule
+    hands every rank its own disjoint indices, so Lightning's distributed
+    sampler stays off.
+    """
+    if cfg.progress_bar:
+        callbacks = [*callbacks, TQDMProgressBar(refresh_rate=1)]
+    return L.Trainer(
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
+        strategy=cfg.strategy,
+        precision=precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=cfg.progress_bar,
+        callbacks=callbacks,
+        use_distributed_sampler=False,
+        default_root_dir=str(run_folder) if run_folder is not None else None,
+        inference_mode=True,
+    )
