@@ -4,8 +4,8 @@
 
 runs ``vtp_gen.systems.stage2_run.run`` on the tiny recipe with the overrides
 and, with ``--kill-at``, SIGKILLs its own process at the end of that
-optimiser step (after the step's checkpoint, if any, is written): a real
-crash, not an exception.
+optimiser step (before that step's checkpoint, if any, is written: Lightning
+runs checkpoint callbacks after all others): a real crash, not an exception.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ installed; the collate's own cost is a separate workload.
 
 Settings (tiny and small-B run on the CPU; B and L are the GPU sizes):
 
-- ``tiny``: ``configs/stage1/tiny.yaml`` as it is (vtp-tiny, 32 px, B = 64).
+- ``tiny``: ``configs/stage1/tiny.yaml`` as it is (vtp-tiny, 32 px, its batch size).
 - ``small-B``: the tiny recipe with VTP-B blocks (width 768, 12 heads, SwiGLU)
   at depth 4 for the encoder, decoder and text tower, 128 px (8x8 latents),
   B = 16, 8192 prototypes and the paper's L1 + LPIPS: the real layer shapes of
@@ -78,7 +78,7 @@ class Stage1Setting:
 
 
 STAGE1_SETTINGS = {
-    "tiny": Stage1Setting("tiny", TINY_RECIPE, (), "configs/stage1/tiny.yaml: vtp-tiny, 32 px, B=64"),
+    "tiny": Stage1Setting("tiny", TINY_RECIPE, (), "configs/stage1/tiny.yaml as it is: vtp-tiny, 32 px"),
     "small-B": Stage1Setting(
         "small-B", TINY_RECIPE, tuple(SMALL_B), "VTP-B blocks, depth 4/4/4, 128 px, B=16, L1+LPIPS"
     ),
