@@ -722,15 +722,14 @@ def evaluate_zero_shot_part(ctx: EvalContext) -> None:
 
 def collect_loss_curves(ctx: EvalContext) -> None:
     """Stage 1's loss-curve PNG, and stage 2's curves plotted from its CSV log."""
+    from vtp_gen.systems.trainer import csv_logs
     from vtp_gen.utils.plots import plot_loss_curves, read_metrics
 
     root = run_root(ctx.cfg)
     stage1 = root / "stage1" / "images" / "loss_curves.png"
     if stage1.is_file():
         ctx.images.append(ReportImage("Stage 1 loss curves", stage1, name="stage1_loss_curves.png"))
-    logs = (
-        sorted((root / "stage2" / "logs").rglob("metrics.csv")) if (root / "stage2" / "logs").is_dir() else []
-    )
+    logs = csv_logs(root / "stage2" / "logs")  # every part of a resumed run, oldest first
     logged = read_metrics(logs) if logs else {}
     keys = ("train/loss", "train/mse", "train/cosine")
     if any(logged.get(k) for k in keys):

@@ -45,7 +45,7 @@ from vtp_gen.models.tokenizer import VTPModel
 from vtp_gen.systems.decoder_finetune import OPTIMIZER_STEPS_PER_STEP, DecoderFinetune
 from vtp_gen.systems.stage1_data import Stage1Collate, Stage1DataModule, derive_seed
 from vtp_gen.systems.tokenizer_pretraining import TokenizerPretraining
-from vtp_gen.systems.trainer import build_trainer, find_resume_checkpoint
+from vtp_gen.systems.trainer import build_trainer, csv_logs, find_resume_checkpoint, keep_csv_history
 from vtp_gen.utils.plots import plot_loss_curves, read_metrics
 from vtp_gen.utils.run_dir import prepare_run_dir, write_json_atomic
 
@@ -158,19 +158,6 @@ def resolve_strategy(name: str):
 def trainer_config(cfg: DictConfig, **changes) -> TrainerConfig:
     values = OmegaConf.to_container(cfg.trainer, resolve=True)
     return dataclasses.replace(TrainerConfig(**values), **changes)
-
-
-def keep_csv_history(log_dir: Path) -> None:
-    """Lightning's CSVLogger deletes an existing ``metrics.csv``; set it aside so a resumed run keeps its curves."""
-    current = log_dir / "metrics.csv"
-    if rank_zero_only.rank == 0 and current.is_file():
-        index = len(list(log_dir.glob("metrics.part*.csv")))
-        current.rename(log_dir / f"metrics.part{index:03d}.csv")
-
-
-def csv_logs(log_dir: Path) -> list[Path]:
-    """The CSV history of a phase, oldest first."""
-    return [*sorted(log_dir.glob("metrics.part*.csv")), log_dir / "metrics.csv"]
 
 
 def read_progress(folder: Path) -> dict:

@@ -37,7 +37,7 @@ from vtp_gen.models.registry import create_model
 from vtp_gen.systems.flow_matching import AdamWSettings, LatentFlowMatching
 from vtp_gen.systems.latent_data import LatentDataModule, cache_labels, count_classes, latent_shape
 from vtp_gen.systems.sampling import LatentDecoder, SampleGridCallback, preview_labels, sampling_kwargs
-from vtp_gen.systems.trainer import build_trainer, find_resume_checkpoint
+from vtp_gen.systems.trainer import build_trainer, find_resume_checkpoint, keep_csv_history
 from vtp_gen.transport import Transport
 from vtp_gen.utils.run_dir import prepare_run_dir, run_root, write_json_atomic
 
@@ -289,14 +289,15 @@ def run(cfg: DictConfig, callbacks: list | None = None) -> Stage2Result:
     speed = SpeedMeter()
     preview = preview_callback(cfg, folder, latents, model.num_classes) if cfg.preview.enabled else None
     own_callbacks = [speed, preview] if preview else [speed]
+    resume = find_resume_checkpoint(folder / "checkpoints")
+    if resume is not None:
+        _say(f"resuming from {resume}")
+        keep_csv_history(folder / "logs")  # before the CSV logger exists: it deletes metrics.csv
     trainer = build_trainer(
         cfg.trainer, folder, callbacks=[*own_callbacks, *(callbacks or [])], use_distributed_sampler=False
     )
     if cfg.trainer.compile:
         model.compile()
-    resume = find_resume_checkpoint(folder / "checkpoints")
-    if resume is not None:
-        _say(f"resuming from {resume}")
     trainer.fit(system, datamodule=data, ckpt_path=str(resume) if resume else None)
     # Step checkpoints only come every checkpoint_every_n_steps and the step-indexed stream never
     # ends an epoch, so the final state is saved here: last.ckpt is always where the run stopped

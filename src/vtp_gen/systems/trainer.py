@@ -16,6 +16,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_only
 
 from vtp_gen.config import TrainerConfig
 
@@ -65,6 +66,25 @@ def find_resume_checkpoint(checkpoint_dir: Path) -> Path | None:
             return path
         warnings.warn(f"checkpoint {path} is truncated or corrupt; trying an older one", stacklevel=2)
     return None
+
+
+def keep_csv_history(log_dir: Path) -> None:
+    """Set an existing ``metrics.csv`` aside before a resumed fit.
+
+    Lightning's CSVLogger deletes the file it finds when it starts; renaming it
+    to ``metrics.partNNN.csv`` keeps a resumed run's curves whole (read them
+    back in order with :func:`csv_logs`). Rank 0 only: the logger lives there.
+    """
+    current = Path(log_dir) / "metrics.csv"
+    if rank_zero_only.rank == 0 and current.is_file():
+        index = len(list(current.parent.glob("metrics.part*.csv")))
+        current.rename(current.parent / f"metrics.part{index:03d}.csv")
+
+
+def csv_logs(log_dir: Path) -> list[Path]:
+    """The CSV history of a run folder's ``logs/``, oldest first (what exists of it)."""
+    log_dir = Path(log_dir)
+    return [p for p in [*sorted(log_dir.glob("metrics.part*.csv")), log_dir / "metrics.csv"] if p.is_file()]
 
 
 def resolve_precision(cfg: TrainerConfig) -> str:
