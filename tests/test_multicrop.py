@@ -112,6 +112,12 @@ def test_ssl_subset_gets_the_crops_and_every_sample_the_plain_image():
     assert batch["image"].shape[0] == 4
 
 
+def test_ssl_subset_holds_two_images_for_koleo_even_when_the_fraction_rounds_to_one():
+    samples = [{"image": torch.full((3, 20, 20), v), "caption": "c"} for v in (0.1, 0.3, 0.5, 0.7)]
+    assert _constant_images_collate(ssl_fraction=0.1)(samples)["ssl_indices"].numel() == 2
+    assert _constant_images_collate(ssl_fraction=0.1)(samples[:1])["ssl_indices"].numel() == 1
+
+
 def test_skipped_samples_are_dropped_and_counted():
     samples = _samples(2) + [Skipped("truncated_image", "k1"), Skipped("truncated_image", "k2")]
     batch = _collate()(samples)

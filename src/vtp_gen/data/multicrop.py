@@ -192,7 +192,8 @@ class MultiCropCollate:
     def _ssl_indices(self, batch_size: int) -> torch.Tensor:
         if self.ssl_fraction >= 1.0:
             return torch.arange(batch_size)
-        count = max(1, round(batch_size * self.ssl_fraction))
+        # At least 2 (KoLeo needs a neighbour in the subset), at most what the batch holds.
+        count = min(batch_size, max(2, round(batch_size * self.ssl_fraction)))
         return torch.randperm(batch_size)[:count].sort().values
 
     def __call__(self, samples: Sequence[dict | Skipped]) -> dict:

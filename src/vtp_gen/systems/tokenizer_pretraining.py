@@ -212,7 +212,10 @@ class TokenizerPretraining(L.LightningModule):
 
         dino = self.dino_loss(student_global_out, teacher_cls, teacher_temp, student_local_out)
         ibot = self.ibot_loss(student_masked, teacher_masked, teacher_temp, masks, batch.get("mask_weights"))
-        koleo = self.koleo_loss(student_global.cls_token, groups=2)
+        cls_tokens = student_global.cls_token
+        # KoLeo needs a nearest neighbour: a step whose SSL subset shrank to one image (the rest of
+        # the batch was bad data) skips the term instead of failing.
+        koleo = self.koleo_loss(cls_tokens, groups=2) if cls_tokens.shape[0] >= 4 else cls_tokens.sum() * 0.0
         ssl = self.ssl
         loss = ssl.dino_weight * dino + ssl.ibot_weight * ibot + ssl.koleo_weight * koleo
         return {"loss": loss, "dino": dino.detach(), "ibot": ibot.detach(), "koleo": koleo.detach()}
