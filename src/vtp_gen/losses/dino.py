@@ -103,19 +103,8 @@ def _cross_entropy(teacher_probs: Tensor, student_log_probs: Tensor) -> Tensor:
     return -(teacher_probs * student_log_probs).sum(dim=-1)
 
 
-class DINOLoss(nn.Module):
-    """Multi-crop DINO loss on CLS-token head outputs.
-
-    ``forward(student_global, teacher_global, teacher_temp, student_local=None)``
-    with global tensors (2B, K) ordered crop-major (first crop of every image,
-    then the second: what :mod:`vtp_gen.data.multicrop` produces) and local
-    tensors (n_local * B, K) in the same order. Each student global crop is
-    compared to the teacher's *other* global crop, each local crop to both;
-    the result is the mean over those 2 + 2 * n_local (crop pair) terms of the
-    batch-mean cross-entropy, as in DINOv2 (which divides by
-    2 + max(2 * n_local, 1), so by 3 without local crops; here always by the
-    number of terms present).
-    """
+class _SelfDistillationLoss(nn.Module):
+    """What DINO and iBOT share: the student temperature and the teacher's centring."""
 
     def __init__(
         self,
@@ -128,6 +117,21 @@ class DINOLoss(nn.Module):
         super().__init__()
         self.student_temp = student_temp
         self.centering = TeacherCentering(out_dim, centering, center_momentum, sinkhorn_iterations)
+
+
+class DINOLoss(_SelfDistillationLoss):
+    """Multi-crop DINO loss on CLS-token head outputs.
+
+    ``forward(student_global, teacher_global, teacher_temp, student_local=None)``
+    with global tensors (2B, K) ordered crop-major (first crop of every image,
+    then the second: what :mod:`vtp_gen.data.multicrop` produces) and local
+    tensors (n_local * B, K) in the same order. Each student global crop is
+    compared to the teacher's *other* global crop, each local crop to both;
+    the result is the mean over those 2 + 2 * n_local (crop pair) terms of the
+    batch-mean cross-entropy, as in DINOv2 (which divides by
+    2 + max(2 * n_local, 1), so by 3 without local crops; here always by the
+    number of terms present).
+    """
 
     def forward(
         self,
@@ -160,7 +164,7 @@ class DINOLoss(nn.Module):
         return torch.stack(terms).mean()
 
 
-class iBOTPatchLoss(nn.Module):
+class iBOTPatchLoss(_SelfDistillationLoss):
     """iBOT masked-image-modelling loss on the head outputs of masked patch tokens.
 
     ``forward(student_masked, teacher_masked, teacher_temp, masks, mask_weights=None)``:
@@ -174,18 +178,6 @@ class iBOTPatchLoss(nn.Module):
     an EMA of the mean over all ranks' masked patches (DINOv2 averages over its
     padded buffer of teacher tokens instead, padding included).
     """
-
-    def __init__(
-        self,
-        out_dim: int,
-        student_temp: float = 0.1,
-        centering: Centering = "softmax_center",
-        center_momentum: float = 0.9,
-        sinkhorn_iterations: int = 3,
-    ) -> None:
-        super().__init__()
-        self.student_temp = student_temp
-        self.centering = TeacherCentering(out_dim, centering, center_momentum, sinkhorn_iterations)
 
     def forward(
         self,

@@ -16,12 +16,16 @@ converts from the scheduler's convention (sigma = 1 - t, velocity
 
 from __future__ import annotations
 
+import inspect
+
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.models.modeling_utils import ModelMixin
 from torch import Tensor
 
 from vtp_gen.models.generators import LightningDiT
+
+GENERATOR_ARGUMENTS = tuple(inspect.signature(LightningDiT.__init__).parameters)[1:]  # without self
 
 
 class LightningDiTTransformer2DModel(ModelMixin, ConfigMixin):
@@ -51,25 +55,10 @@ class LightningDiTTransformer2DModel(ModelMixin, ConfigMixin):
         return_sigma: bool = False,
     ):
         super().__init__()
-        self.model = LightningDiT(
-            input_size=input_size,
-            patch_size=patch_size,
-            in_channels=in_channels,
-            hidden_size=hidden_size,
-            depth=depth,
-            num_heads=num_heads,
-            mlp_ratio=mlp_ratio,
-            class_dropout_prob=class_dropout_prob,
-            num_classes=num_classes,
-            learn_sigma=learn_sigma,
-            use_qknorm=use_qknorm,
-            use_swiglu=use_swiglu,
-            use_rope=use_rope,
-            use_rmsnorm=use_rmsnorm,
-            wo_shift=wo_shift,
-            use_checkpoint=use_checkpoint,
-            return_sigma=return_sigma,
-        )
+        # register_to_config has stored every argument in self.config before this body runs; the
+        # signature above repeats LightningDiT's because ConfigMixin reads its config keys from it
+        # (tests/test_diffusers_export.py checks the two stay identical).
+        self.model = LightningDiT(**{name: self.config[name] for name in GENERATOR_ARGUMENTS})
 
     @classmethod
     def from_generator(cls, generator: LightningDiT) -> LightningDiTTransformer2DModel:
