@@ -54,3 +54,34 @@ def test_resumed_fit_keeps_the_earlier_curve(tmp_path):
 
 def test_csv_logs_of_a_fresh_folder_is_empty(tmp_path):
     assert csv_logs(tmp_path / "logs") == []
+
+
+class TwoOptimizers(LinearRegression):
+    """Manual optimisation with two optimiser steps per batch, as the decoder fine-tune does."""
+
+    def __init__(self):
+        super().__init__()
+        self.other = torch.nn.Linear(4, 1)
+        self.automatic_optimization = False
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        for optimizer, layer in zip(self.optimizers(), (self.layer, self.other)):
+            optimizer.zero_grad()
+            self.manual_backward(torch.nn.functional.mse_loss(layer(x), y))
+            optimizer.step()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.layer.parameters(), lr=0.1), torch.optim.SGD(self.other.parameters(), lr=0.1)
+
+
+def test_progress_bar_counts_batches_not_optimiser_steps(tmp_path):
+    from vtp_gen.systems.trainer import BatchProgressBar
+
+    data = TensorDataset(torch.randn(64, 4), torch.randn(64, 1))
+    cfg = TrainerConfig(accelerator="cpu", max_steps=2 * 5, log_every_n_steps=1, progress_bar=True)
+    trainer = build_trainer(cfg, tmp_path, optimizer_steps_per_batch=2)
+    trainer.fit(TwoOptimizers(), DataLoader(data, batch_size=8))
+    bar = next(c for c in trainer.callbacks if isinstance(c, BatchProgressBar))
+    assert trainer.global_step == 10
+    assert bar.train_progress_bar.total == 5 and bar.train_progress_bar.n == 5

@@ -262,6 +262,7 @@ def finetune_decoder(cfg: DictConfig, folder: Path, model: VTPModel | None) -> N
             gradient_clip_val=0.0,
         ),
         phase_folder,
+        optimizer_steps_per_batch=steps,
         use_distributed_sampler=False,
         strategy=resolve_strategy(cfg.trainer.strategy),
     )

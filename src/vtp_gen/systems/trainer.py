@@ -94,8 +94,33 @@ def resolve_precision(cfg: TrainerConfig) -> str:
     return "bf16-mixed" if torch.cuda.is_available() and cfg.accelerator != "cpu" else "32-true"
 
 
+class BatchProgressBar(TQDMProgressBar):
+    """Counts batches when a manually optimised system steps several optimisers per batch.
+
+    Lightning's ``global_step`` (and so ``max_steps`` and its bar) counts
+    optimiser steps: the decoder fine-tune (decoder + discriminator) would show
+    "60/120" when done.
+    """
+
+    def __init__(self, optimizer_steps_per_batch: int, refresh_rate: int = 1):
+        super().__init__(refresh_rate=refresh_rate)
+        self.optimizer_steps_per_batch = optimizer_steps_per_batch
+
+    @property
+    def total_train_batches(self) -> int | float:
+        trainer = self.trainer
+        if trainer.max_epochs == -1 and trainer.max_steps is not None and trainer.max_steps > 0:
+            remaining_batches = -(-(trainer.max_steps - trainer.global_step) // self.optimizer_steps_per_batch)
+            return min(trainer.num_training_batches, remaining_batches)
+        return trainer.num_training_batches
+
+
 def build_trainer(
-    cfg: TrainerConfig, run_folder: Path, callbacks: list | None = None, **overrides
+    cfg: TrainerConfig,
+    run_folder: Path,
+    callbacks: list | None = None,
+    optimizer_steps_per_batch: int = 1,
+    **overrides,
 ) -> L.Trainer:
     run_folder = Path(run_folder)
     checkpointing = ModelCheckpoint(
@@ -108,7 +133,9 @@ def build_trainer(
     )
     all_callbacks = [checkpointing, *(callbacks or [])]
     if cfg.progress_bar:
-        all_callbacks.append(TQDMProgressBar(refresh_rate=max(1, cfg.log_every_n_steps // 2)))
+        all_callbacks.append(
+            BatchProgressBar(optimizer_steps_per_batch, refresh_rate=max(1, cfg.log_every_n_steps // 2))
+        )
     loggers = [
         CSVLogger(run_folder / "logs", name="", version=""),
         TensorBoardLogger(run_folder / "logs", name="tensorboard", version="", default_hp_metric=False),
