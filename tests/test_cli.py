@@ -27,3 +27,12 @@ def test_make_target_of_unbuilt_or_built_step_runs_through_cli():
         assert (REPO_ROOT / script).is_file(), script
     out = subprocess.run([sys.executable, "-m", "vtp_gen.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "stage1" in out.stdout
+
+
+def test_data_recipe_with_empty_and_braced_values_merges_into_the_step():
+    from vtp_gen.cli import build_config
+
+    cfg = build_config("stage1", None, str(REPO_ROOT / "configs/data/datacomp.yaml"), ["data.batch_size=8"])
+    assert cfg.data.source == "webdataset" and cfg.data.root == ""
+    assert cfg.data.shards == "/data/datacomp/shards/{00000000..00027999}.tar"
+    assert cfg.data.resampled is True and cfg.data.batch_size == 8  # command-line overrides still win

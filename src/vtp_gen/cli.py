@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import json
 import os
 import sys
 from dataclasses import dataclass
@@ -115,7 +116,9 @@ def build_config(step_name: str, recipes: list[str] | None, data_recipe: str | N
     recipe_paths = recipes or [str(REPO_ROOT / step.default_recipe)]
     if data_recipe:
         data_values = OmegaConf.to_container(load_config(DataConfig, data_recipe))
-        overrides = [f"data.{k}={v}" for k, v in data_values.items() if v is not None] + list(overrides)
+        # JSON-quoted: an empty string (e.g. the default data.root="") must stay a string, not become null.
+        data_overrides = [f"data.{k}={json.dumps(v)}" for k, v in data_values.items() if v is not None]
+        overrides = data_overrides + list(overrides)
     return load_config(schema, recipe_paths, overrides)
 
 
