@@ -1,7 +1,8 @@
-"""Not built yet: tracked in issue #9."""
+"""`make scaling`: thin entry point; see `vtp-gen scaling --help` and docs/scaling.md."""
 
 import sys
 
+from vtp_gen.cli import main
+
 if __name__ == "__main__":
-    print("scaling: not built yet (tracked in issue #9)", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(main(["scaling", *sys.argv[1:]]))

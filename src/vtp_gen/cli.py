@@ -74,6 +74,13 @@ STEPS: dict[str, Step] = {
         "evaluate tokenizer and generator: FID/KID/IS/P/R, rFID/PSNR/SSIM/LPIPS, probes, zero-shot",
         8,
     ),
+    "scaling": Step(
+        "vtp_gen.scaling.config:ScalingConfig",
+        "vtp_gen.scaling.study:run",
+        "configs/scaling/tiny.yaml",
+        "the tokenizer scaling study: objective presets x stage-1 budgets, same stage 2 and eval for each",
+        9,
+    ),
 }
 
 
@@ -100,7 +107,7 @@ def schema_for_recipe(path: str | Path) -> type | None:
     folder, stem = path.parent.name, path.stem
     if folder == "data":
         return DataConfig
-    step_name = {"stage1": "stage1", "eval": "eval"}.get(folder)
+    step_name = {"stage1": "stage1", "eval": "eval", "scaling": "scaling"}.get(folder)
     if folder == "stage2":
         step_name = (
             "cache" if stem.startswith("cache") else "sample" if stem.startswith("sample") else "stage2"
