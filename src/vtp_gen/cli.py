@@ -22,6 +22,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from vtp_gen.config import ConfigError, DataConfig, load_config
+from vtp_gen.systems.nonfinite import NonFiniteTrainingError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REPO_CONFIGS = REPO_ROOT / "configs"
@@ -167,8 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         _import(step.runner)(cfg)
-    except (FileNotFoundError, ConfigError, ValueError) as e:
-        # Environment and input faults: one clear line, non-zero exit, no traceback wall.
+    except (FileNotFoundError, ConfigError, ValueError, NonFiniteTrainingError) as e:
+        # Environment, input and divergence faults: one clear line, non-zero exit, no traceback wall.
         print(f"vtp-gen {args.step}: error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -70,6 +70,8 @@ class TrainerConfig:
     checkpoint_every_n_steps: int = 200
     progress_bar: bool = True
     compile: bool = False
+    # Optimiser steps with NaN/Inf gradients are skipped; this many in a row stop the run.
+    max_nonfinite_steps: int = 5
 
 
 def _schema_keys(node: Any) -> list[str]:

@@ -91,11 +91,12 @@ class TeacherCentering(nn.Module):
         """c <- m * c + (1 - m) * mean of the teacher outputs over all ranks' rows."""
         total = all_reduce_sum(teacher_logits.float().sum(dim=0, keepdim=True))
         count = all_reduce_sum(torch.tensor(float(teacher_logits.shape[0]), device=teacher_logits.device))
-        if (
-            count.item() == 0
-        ):  # nothing masked anywhere this step: keep the centre (same decision on all ranks)
+        if count.item() == 0:  # nothing masked anywhere this step: keep the centre (same on all ranks)
             return
-        self.center.mul_(self.center_momentum).add_(total / count, alpha=1.0 - self.center_momentum)
+        updated = self.center * self.center_momentum + (total / count) * (1.0 - self.center_momentum)
+        # A NaN/Inf teacher output (a corrupt batch; the step itself is then skipped by the
+        # trainer's NonFiniteGuard) must not poison the centre for the rest of the run.
+        self.center.copy_(torch.where(torch.isfinite(updated), updated, self.center))
 
 
 def _cross_entropy(teacher_probs: Tensor, student_log_probs: Tensor) -> Tensor:

@@ -27,6 +27,7 @@ import lightning as L
 import torch
 
 from vtp_gen.systems.latent_data import derive_seed
+from vtp_gen.systems.nonfinite import step_was_skipped
 from vtp_gen.transport import Transport
 from vtp_gen.utils.ema import EMA
 
@@ -109,7 +110,8 @@ class LatentFlowMatching(L.LightningModule):
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
-        self.ema.update(self.model)
+        if not step_was_skipped(self):  # a skipped (NaN/Inf) step leaves the EMA alone too
+            self.ema.update(self.model)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[GENERATOR_CONFIG_KEY] = dict(self.model.config)

@@ -49,6 +49,7 @@ from vtp_gen.losses import (
     schedules,
 )
 from vtp_gen.models.tokenizer import DINOHead, VTPModel, ema_update, make_ema_teacher
+from vtp_gen.systems.nonfinite import step_was_skipped
 from vtp_gen.systems.optim import apply_schedule, build_adamw
 from vtp_gen.systems.stage1_data import derive_seed
 
@@ -309,6 +310,8 @@ class TokenizerPretraining(L.LightningModule):
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
         step = self.global_step  # the step being taken (Lightning counts it once it completes)
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        if step_was_skipped(self):  # NaN/Inf gradients: weights unchanged, so no teacher update either
+            return
         if self.clip_on:
             clamp_logit_scale_(self.model.logit_scale)
         if self.ssl_on:

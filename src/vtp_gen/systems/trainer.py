@@ -19,6 +19,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 
 from vtp_gen.config import TrainerConfig
+from vtp_gen.systems.nonfinite import NonFiniteGuard
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -110,7 +111,9 @@ class BatchProgressBar(TQDMProgressBar):
     def total_train_batches(self) -> int | float:
         trainer = self.trainer
         if trainer.max_epochs == -1 and trainer.max_steps is not None and trainer.max_steps > 0:
-            remaining_batches = -(-(trainer.max_steps - trainer.global_step) // self.optimizer_steps_per_batch)
+            remaining_batches = -(
+                -(trainer.max_steps - trainer.global_step) // self.optimizer_steps_per_batch
+            )
             return min(trainer.num_training_batches, remaining_batches)
         return trainer.num_training_batches
 
@@ -131,7 +134,7 @@ def build_trainer(
         save_last=True,
         save_top_k=1,  # the newest step checkpoint stays beside last.ckpt as a fallback
     )
-    all_callbacks = [checkpointing, *(callbacks or [])]
+    all_callbacks = [checkpointing, NonFiniteGuard(cfg.max_nonfinite_steps), *(callbacks or [])]
     if cfg.progress_bar:
         all_callbacks.append(
             BatchProgressBar(optimizer_steps_per_batch, refresh_rate=max(1, cfg.log_every_n_steps // 2))
