@@ -23,7 +23,7 @@ endif
 
 STEP_OPTS = $(foreach c,$(CONFIG),--config $(c)) $(if $(DATA),--data $(DATA)) $(ARGS)
 
-.PHONY: setup dataset weights stage1 cache stage2 sample eval tables scaling bench test test-slow lint clean-runs
+.PHONY: setup dataset weights stage1 cache stage2 sample eval tables scaling bench test test-slow test-faults lint clean-runs
 
 setup: dataset  ## venv + package + embedded dataset + offline metric weights
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -73,6 +73,9 @@ test:  ## the test suite (what CI runs)
 
 test-slow:  ## long-running checks (kill tests at many points, scaling smoke, ...)
 	$(PY) -m pytest -q -m slow $(ARGS)
+
+test-faults:  ## the fault-injection suite, slow cases included (kills, bad data, payloads, NaN, config, disk)
+	$(PY) -m pytest -q -m faults -o addopts='-ra --strict-markers' $(ARGS)
 
 lint:
 	$(VENV)/bin/ruff check src tests stage1 stage2 eval bench

@@ -1,6 +1,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from vtp_gen.cli import REPO_ROOT, STEPS, main
 
 
@@ -36,3 +38,20 @@ def test_data_recipe_with_empty_and_braced_values_merges_into_the_step():
     assert cfg.data.source == "webdataset" and cfg.data.root == ""
     assert cfg.data.shards == "/data/datacomp/shards/{00000000..00027999}.tar"
     assert cfg.data.resampled is True and cfg.data.batch_size == 8  # command-line overrides still win
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize(
+    "step, override, message",
+    [
+        ("stage1", "optim.lr=-1", "out-of-range value for 'optim.lr': -1.0 (must be > 0)"),
+        ("stage1", "data.batch_size=0", "out-of-range value for 'data.batch_size': 0 (must be > 0)"),
+        ("stage1", "objectives.ssl_fraction=1.5", "'objectives.ssl_fraction': 1.5 (must be > 0 and <= 1)"),
+        ("stage2", "latents.flip_prob=2", "'latents.flip_prob': 2.0 (must be >= 0 and <= 1)"),
+        ("stage2", "trainer.max_nonfinite_steps=0", "'trainer.max_nonfinite_steps': 0 (must be >= 1)"),
+    ],
+)
+def test_out_of_range_values_are_one_line_errors(capsys, step, override, message):
+    assert main([step, "--print-config", override]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1

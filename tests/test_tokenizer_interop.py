@@ -212,3 +212,32 @@ def test_vtpgen_only_options_warn_on_save(tmp_path):
         assert torch.equal(
             model.eval().get_reconstruction_latents(images), loaded.get_reconstruction_latents(images)
         )
+
+
+@pytest.mark.faults
+def test_a_full_disk_during_export_leaves_the_previous_export_whole(tmp_path):
+    """A real write failure (file-size limit, EFBIG) while re-exporting: the old folder still loads."""
+    import subprocess
+    import sys
+
+    from vtp_gen import create_model
+
+    folder = tmp_path / "tokenizer"
+    with pytest.warns(UserWarning):
+        save_pretrained(create_model("vtp-tiny"), folder)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    script = (
+        "import resource, signal, torch, warnings\n"
+        "warnings.simplefilter('ignore')\n"
+        "from vtp_gen import create_model\n"
+        "from vtp_gen.interop.vtp import save_pretrained\n"
+        "torch.manual_seed(1)\n"
+        "model = create_model('vtp-tiny')\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))\n"
+        f"save_pretrained(model, {str(folder)!r})\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "File too large" in result.stderr
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if not p.name.startswith(".")} == before
+    load_tokenizer(folder)  # still a complete, loadable export

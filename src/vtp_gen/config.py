@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,7 +169,58 @@ def load_config(
         if not _exists(cfg, key):
             raise ConfigError(f"override '{item}': {_nearest_key_message(cfg, key)}")
         cfg = _merge(cfg, OmegaConf.from_dotlist([item]), f"override '{item}'")
+    check_ranges(cfg)
     return cfg
+
+
+# Ranges by key name, whatever the section: the same name means the same quantity in every
+# schema; a dotted key (data.batch_size) overrides its name's rule (decoder_finetune.batch_size = 0
+# means "as data.batch_size"). (low, low_inclusive, high).
+_RANGES: dict[str, tuple[float, bool, float]] = {
+    **{k: (0, False, math.inf) for k in ("data.batch_size", "global_batch_size", "lr", "disc_lr")},
+    **{
+        k: (0, True, math.inf)
+        for k in (
+            "max_steps",
+            "num_workers",
+            "warmup_steps",
+            "min_lr",
+            "gradient_clip_val",
+            "max_samples",
+            "lambda_clip",
+            "lambda_ssl",
+            "lambda_rec",
+            "weight_decay",
+            "weight_decay_start",
+            "weight_decay_end",
+        )
+    },
+    **{
+        k: (1, True, math.inf)
+        for k in ("accumulate_grad_batches", "log_every_n_steps", "max_nonfinite_steps")
+    },
+    **{k: (0, False, 1) for k in ("ssl_fraction", "rec_fraction")},
+    **{k: (0, True, 1) for k in ("flip_prob", "mask_probability", "class_dropout_prob")},
+}
+
+
+def check_ranges(cfg: DictConfig, prefix: str = "") -> None:
+    """Out-of-range numbers (a negative learning rate, batch size 0, a fraction above 1) are config errors."""
+    for key in cfg.keys():
+        value = cfg[key]
+        dotted = f"{prefix}{key}"
+        if isinstance(value, DictConfig):
+            check_ranges(value, f"{dotted}.")
+            continue
+        rule = _RANGES.get(dotted, _RANGES.get(str(key)))
+        if rule is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        low, low_inclusive, high = rule
+        if value < low or (value == low and not low_inclusive) or value > high:
+            bound = f"{'>=' if low_inclusive else '>'} {low}" + (
+                f" and <= {high}" if high != math.inf else ""
+            )
+            raise ConfigError(f"out-of-range value for '{dotted}': {value} (must be {bound})")
 
 
 def _is_free_form(node: Any) -> bool:

@@ -20,6 +20,7 @@ text features are garbage until the mask is rebuilt; ``load_tokenizer`` rebuilds
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -169,9 +170,15 @@ def save_pretrained(model: VTPModel, directory: str | Path) -> Path:
     tensors = {
         name: tensor.detach().to("cpu").contiguous() for name, tensor in model.official_state_dict().items()
     }
-    save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
-    with open(directory / CONFIG_NAME, "w") as f:
+    # Each file is written under a temporary name and renamed into place, weights first: a crash or
+    # a full disk leaves the previous export (or nothing), never a truncated file under the real name.
+    weights_tmp = directory / f".{WEIGHTS_NAME}.tmp"
+    save_file(tensors, str(weights_tmp), metadata={"format": "pt"})
+    os.replace(weights_tmp, directory / WEIGHTS_NAME)
+    config_tmp = directory / f".{CONFIG_NAME}.tmp"
+    with open(config_tmp, "w") as f:
         dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
         json.dump(config.to_dict(dtype=dtype), f, indent=2, sort_keys=True)
         f.write("\n")
+    os.replace(config_tmp, directory / CONFIG_NAME)
     return directory
