@@ -1,6 +1,6 @@
 """FLOP counts of a call and the matmul peak they are compared with.
 
-FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` on one real
+FLOPs are counted by :func:`vtp_gen.utils.flops.count_flops` (``FlopCounterMode``) on one real
 call: matrix products (mm, addmm, bmm, baddbmm), convolutions and attention,
 forward and backward, at 2 FLOPs per multiply-add. Elementwise work (norms,
 activations, the optimiser update) is not counted, which is the usual
@@ -19,35 +19,9 @@ the same rounds as the workloads (see :mod:`vtp_bench.timing`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
-from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-aten = torch.ops.aten
-
-
-def _cpu_attention_forward(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-    return sdpa_flop_count(query_shape, key_shape, value_shape)
-
-
-def _cpu_attention_backward(
-    grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs
-) -> int:
-    return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
-
-
-CPU_ATTENTION_FORMULAS = {
-    aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_forward,
-    aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_attention_backward,
-}
-
-
-def count_flops(fn: Callable[[], object]) -> int:
-    """Matmul/conv/attention FLOPs of one call of ``fn`` (forward, backward, whatever it runs)."""
-    with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FORMULAS) as counter:
-        fn()
-    return int(counter.get_total_flops())
+from vtp_gen.utils.flops import count_flops  # noqa: F401  (the suite imports it from here)
 
 
 def peak_dtype(device: torch.device | str) -> torch.dtype:

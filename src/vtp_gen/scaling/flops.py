@@ -24,37 +24,12 @@ optimiser step (:func:`batches_per_step`: devices x nodes x accumulation).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from omegaconf import DictConfig
-from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-aten = torch.ops.aten
-
-
-def _cpu_attention_forward(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-    return sdpa_flop_count(query_shape, key_shape, value_shape)
-
-
-def _cpu_attention_backward(
-    grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs
-) -> int:
-    return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
-
-
-CPU_ATTENTION_FORMULAS = {
-    aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_forward,
-    aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_attention_backward,
-}
-
-
-def count_flops(fn: Callable[[], object]) -> int:
-    """Matmul / convolution / attention FLOPs of one call of ``fn`` (forward and backward alike)."""
-    with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FORMULAS) as counter:
-        fn()
-    return int(counter.get_total_flops())
+from vtp_gen.utils.flops import count_flops
 
 
 @dataclass(frozen=True)
