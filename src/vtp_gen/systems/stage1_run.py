@@ -79,7 +79,8 @@ def build_tokenizer(cfg: DictConfig) -> VTPModel:
     # Same initial weights on every rank and for every rerun.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(cfg.run.seed, "init"))
-        return create_model(cfg.model.preset, **overrides)
+        model = create_model(cfg.model.preset, **overrides)
+    return model.set_grad_checkpointing(cfg.model.grad_checkpointing)
 
 
 def build_pretraining_data(cfg: DictConfig, model: VTPModel, dataset=None) -> Stage1DataModule:
@@ -229,7 +230,9 @@ def finetune_decoder(cfg: DictConfig, folder: Path, model: VTPModel | None) -> N
     target = folder / "tokenizer"
     pretrained = folder / "pretrained_tokenizer"
     if model is None:
-        model = load_tokenizer(pretrained, eval_mode=False)
+        model = load_tokenizer(pretrained, eval_mode=False).set_grad_checkpointing(
+            cfg.model.grad_checkpointing
+        )
     if not ft.enabled or model.pixel_decoder is None:
         if rank_zero_only.rank == 0:
             shutil.copytree(pretrained, target, dirs_exist_ok=True)

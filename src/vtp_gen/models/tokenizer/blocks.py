@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from timm.layers import LayerScale, Mlp
 from torch import Tensor, nn
 
@@ -145,3 +146,28 @@ class SelfAttentionBlock(nn.Module):
             return residual_on_batch_subset(x, ffn_branch, drop_path_rate)
         x = x + attention_branch(x)
         return x + ffn_branch(x)
+
+
+def run_blocks(
+    blocks: nn.ModuleList,
+    tokens: Tensor,
+    rope,
+    drop_path_rate: float,
+    checkpointing: bool,
+    keep: tuple[int, ...] = (),
+) -> tuple[Tensor, list[Tensor]]:
+    """Apply ``blocks`` in order; with ``checkpointing`` (training with grad only) each block's
+    activations are recomputed in the backward instead of stored. torch.utils.checkpoint restores
+    the RNG state for the recompute, so drop-path draws the same rows twice."""
+    recompute = checkpointing and torch.is_grad_enabled() and blocks.training
+    kept = []
+    for index, block in enumerate(blocks):
+        if recompute:
+            tokens = torch.utils.checkpoint.checkpoint(
+                block, tokens, rope=rope, drop_path_rate=drop_path_rate, use_reentrant=False
+            )
+        else:
+            tokens = block(tokens, rope=rope, drop_path_rate=drop_path_rate)
+        if index in keep:
+            kept.append(tokens)
+    return tokens, kept

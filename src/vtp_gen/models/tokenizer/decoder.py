@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from vtp_gen.models.tokenizer.blocks import SelfAttentionBlock, build_norm
+from vtp_gen.models.tokenizer.blocks import SelfAttentionBlock, build_norm, run_blocks
 from vtp_gen.models.tokenizer.rope import AxialRopeEmbedding
 
 
@@ -39,6 +39,7 @@ class PixelDecoder(nn.Module):
         self.embed_dim = embed_dim
         self.upscale_factor = upscale_factor
         self.drop_path_rate = drop_path_rate
+        self.grad_checkpointing = False  # see VTPModel.set_grad_checkpointing
         self.proj_in = nn.Conv2d(latent_channels, embed_dim, kernel_size=1)
         self.rope_embed = AxialRopeEmbedding(embed_dim // num_heads, base=rope_base, dtype=rope_dtype)
         self.blocks = nn.ModuleList(
@@ -81,8 +82,7 @@ class PixelDecoder(nn.Module):
         tokens = self.proj_in(latents).flatten(2).transpose(1, 2)
         rope = self.rope_embed(rows, cols)
         rate = self.drop_path_rate if drop_path_rate is None else drop_path_rate
-        for block in self.blocks:
-            tokens = block(tokens, rope=rope, drop_path_rate=rate)
+        tokens, _ = run_blocks(self.blocks, tokens, rope, rate, self.grad_checkpointing)
         tokens = self.norm(tokens)
         feature_map = tokens.transpose(1, 2).reshape(batch, self.embed_dim, rows, cols)
         return self.pixel_shuffle(self.proj_out(feature_map))

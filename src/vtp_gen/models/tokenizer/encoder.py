@@ -15,7 +15,7 @@ import torch
 from timm.layers import PatchEmbed
 from torch import Tensor, nn
 
-from vtp_gen.models.tokenizer.blocks import SelfAttentionBlock, build_norm
+from vtp_gen.models.tokenizer.blocks import SelfAttentionBlock, build_norm, run_blocks
 from vtp_gen.models.tokenizer.rope import AxialRopeEmbedding
 
 
@@ -66,6 +66,7 @@ class VisionEncoder(nn.Module):
         self.num_register_tokens = num_register_tokens
         # Used when a call does not pass its own rate.
         self.drop_path_rate = drop_path_rate
+        self.grad_checkpointing = False  # see VTPModel.set_grad_checkpointing
 
         self.patch_embed = PatchEmbed(
             img_size=image_size,
@@ -165,11 +166,7 @@ class VisionEncoder(nn.Module):
         tokens, grid = self.prepare_tokens(images, masks)
         rope = self.rope_embed(*grid)  # for the actual grid: global and local crops differ
         rate = self.drop_path_rate if drop_path_rate is None else drop_path_rate
-        kept = []
-        for index, block in enumerate(self.blocks):
-            tokens = block(tokens, rope=rope, drop_path_rate=rate)
-            if index in keep_blocks:
-                kept.append(tokens)
+        tokens, kept = run_blocks(self.blocks, tokens, rope, rate, self.grad_checkpointing, keep_blocks)
         return tokens, grid, kept
 
     # ---------------------------------------------------------------- features

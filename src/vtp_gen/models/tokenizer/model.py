@@ -91,6 +91,19 @@ class VTPModel(nn.Module):
         self._require_clip()
         return self.text.transformer
 
+    def set_grad_checkpointing(self, enable: bool = True) -> VTPModel:
+        """Recompute block activations in the backward (encoder, pixel decoder, text tower).
+
+        Trades ~1 extra forward per step for activation memory that no longer grows with depth;
+        weights and state_dict keys are unchanged, and eval / no-grad calls are unaffected.
+        """
+        self.trunk.grad_checkpointing = enable
+        if self.pixel_decoder is not None:
+            self.pixel_decoder.grad_checkpointing = enable
+        if self.text is not None:
+            self.text.transformer.grad_checkpointing = enable
+        return self
+
     def _require_clip(self) -> None:
         if self.text is None:
             raise RuntimeError("CLIP not enabled. Set train_clip=True in config.")
