@@ -32,6 +32,7 @@ FAULT_FILES = {
     "test_data.py": "bad input",
     "test_stage1_data.py": "bad input",
     "test_pretrained_safe_unpickle.py": "untrusted files",
+    "test_untrusted_payloads.py": "untrusted files",
     "test_nonfinite_guard.py": "numerical faults",
 }
 FAULT_KIND_BY_TEST = {
