@@ -1,13 +1,10 @@
 """Data layer: embedded dataset, image folders, webdataset shards, corrupt input counted."""
 
-import io
-import json
-import tarfile
-
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from salted_corpus import MAX_PIXELS, damage_member_header, photo, png_bytes, salted_files, write_salted_shard
 
 from vtp_gen.config import DataConfig
 from vtp_gen.data.build import build_dataloader, build_dataset
@@ -30,43 +27,6 @@ def _fashion_available() -> bool:
 needs_fashion = pytest.mark.skipif(
     not _fashion_available(), reason="Fashion-MNIST not installed: run `make setup`"
 )
-
-
-def png_bytes(image: Image.Image, **kw) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", **kw)
-    return buffer.getvalue()
-
-
-def jpeg_bytes(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
-
-
-def photo(size=(48, 40)) -> Image.Image:
-    rng = np.random.default_rng(0)
-    return Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
-
-
-# The salted corpus: each entry is (bytes, what must happen).
-def salted_files() -> dict[str, tuple[bytes, str]]:
-    good = photo()
-    sixteen = Image.fromarray(np.arange(48 * 40, dtype=np.uint16).reshape(40, 48) * 30)
-    return {
-        "good.jpg": (jpeg_bytes(good), "ok"),
-        "truncated.jpg": (jpeg_bytes(good)[:300], "truncated_image"),
-        "zero.jpg": (b"", "empty_file"),
-        "notimage.jpg": (b"this is a text file, not a jpeg" * 10, "not_an_image"),
-        "gray.png": (png_bytes(good.convert("L")), "ok"),
-        "cmyk.jpg": (jpeg_bytes(good.convert("CMYK")), "converted_cmyk"),
-        "sixteen.png": (png_bytes(sixteen), "converted_16bit"),
-        "palette.png": (png_bytes(good.convert("P")), "converted_p"),
-        "huge.png": (png_bytes(Image.new("RGB", (300, 300))), "too_large_image"),
-    }
-
-
-MAX_PIXELS = 50_000  # 300x300 trips the bomb guard; the 48x40 images pass
 
 
 def test_center_crop_arr_matches_adm_semantics():
@@ -144,28 +104,6 @@ def test_missing_image_folder_is_a_clear_error(tmp_path):
         LabelledImageFolder(tmp_path / "nope")
 
 
-def _tar_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tar.addfile(info, io.BytesIO(data))
-
-
-def write_salted_shard(path, n_good=4):
-    with tarfile.open(path, "w") as tar:
-        for i in range(n_good):
-            _tar_member(tar, f"{i:04d}.jpg", jpeg_bytes(photo()))
-            _tar_member(tar, f"{i:04d}.txt", f"a photo number {i}".encode())
-            _tar_member(tar, f"{i:04d}.json", json.dumps({"label": i % 2}).encode())
-        for j, (name, (data, _)) in enumerate(salted_files().items()):
-            key = f"bad{j:02d}"
-            _tar_member(tar, f"{key}.{name.rsplit('.', 1)[1]}", data)
-            _tar_member(tar, f"{key}.txt", b"a caption")
-        _tar_member(tar, "empty_caption.jpg", jpeg_bytes(photo()))
-        _tar_member(tar, "empty_caption.txt", b"")
-        _tar_member(tar, "latin1.jpg", jpeg_bytes(photo()))
-        _tar_member(tar, "latin1.txt", b"caf\xe9")
-
-
 def test_webdataset_counts_bad_members_and_captions(tmp_path):
     shard = tmp_path / "shard-000000.tar"
     write_salted_shard(shard)
@@ -181,11 +119,7 @@ def test_webdataset_counts_bad_members_and_captions(tmp_path):
 def test_webdataset_survives_a_malformed_tar_member(tmp_path):
     shard = tmp_path / "shard-000000.tar"
     write_salted_shard(shard, n_good=6)
-    raw = bytearray(shard.read_bytes())
-    # Smash the header of a member in the middle: its checksum no longer matches.
-    offset = raw.find(b"0003.jpg")
-    raw[offset : offset + 100] = b"\xff" * 100
-    shard.write_bytes(bytes(raw))
+    damage_member_header(shard, "0003.jpg")  # a member in the middle
     second = tmp_path / "shard-000001.tar"
     write_salted_shard(second, n_good=3)
     dataset = ImageTextShards(

@@ -123,11 +123,18 @@ def test_disabled_branches_get_no_inputs():
     assert batch["rec_indices"].shape == (4,)
 
 
-def test_skipped_samples_are_refilled_and_counted():
-    samples = toy_samples(6, step=2) + [Skipped("truncated_image", "a"), Skipped("truncated_image", "b")]
-    batch = full_collate(8)(samples)
+@pytest.mark.parametrize("with_ssl", [True, False])
+def test_skipped_samples_are_refilled_and_counted_once(with_ssl):
+    # Three good samples, one of them repaired, and five skipped: the refill repeats the repaired
+    # sample, whose repair must still be counted once.
+    good = toy_samples(3, step=2)
+    good[0]["issues"] = ["converted_cmyk"]
+    samples = good + [Skipped("truncated_image", str(i)) for i in range(5)]
+    collate = full_collate(8) if with_ssl else Stage1Collate(8, 32, seed=0)
+    batch = collate(samples)
     assert batch["image"].shape[0] == 8  # every rank keeps the same batch size
-    assert batch["data_issues"] == {"truncated_image": 2, REFILLED: 2}
+    assert batch["data_issues"] == {"truncated_image": 5, "converted_cmyk": 1, REFILLED: 5}
+    assert (batch["samples_drawn"], batch["samples_used"]) == (8, 3)
     with pytest.raises(ValueError, match="no usable image"):
         full_collate(8)([Skipped("not_an_image", "x")] * 8)
 

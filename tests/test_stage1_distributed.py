@@ -99,3 +99,6 @@ def test_stage1_command_with_two_ddp_processes(tmp_path):
     assert "MEMBER: 2/2" in done.stdout + done.stderr
     metrics = json.loads((tmp_path / "ddp" / "stage1" / "metrics.json").read_text())
     assert metrics["pretrain_steps"] == 4 and metrics["finetune_steps"] == 3
+    # The data account adds up both ranks: 4 steps x 2 ranks x 16 pairs, 3 x 2 x 8 fine-tune images.
+    assert metrics["data"]["pretrain"]["drawn"] == metrics["data"]["pretrain"]["used"] == 4 * 2 * 16
+    assert metrics["data"]["finetune"]["drawn"] == 3 * 2 * 8

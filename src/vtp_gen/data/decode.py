@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,24 +137,3 @@ def collate_samples(samples: Sequence[dict | Skipped]) -> dict:
         for key in shared:
             batch[key] = _stack([s[key] for s in good])
     return batch
-
-
-class DataIssueCounter:
-    """Running totals of data issues over a run (fed from ``batch["data_issues"]``)."""
-
-    def __init__(self) -> None:
-        self.totals: Counter[str] = Counter()
-
-    def update(self, issues: dict[str, int] | Iterable[str]) -> None:
-        self.totals.update(issues)
-
-    def state_dict(self) -> dict[str, int]:
-        return dict(self.totals)
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.totals = Counter(state)
-
-    def summary(self) -> str:
-        if not self.totals:
-            return "no data issues"
-        return ", ".join(f"{kind}: {n}" for kind, n in sorted(self.totals.items()))

@@ -1,10 +1,19 @@
 """Image-text webdataset shards in the img2dataset layout (DataComp-style corpora).
 
 A shard is a tar of samples sharing a key: ``key.jpg|png|webp`` + ``key.txt``
-(caption) and/or ``key.json`` (``caption``, optional ``label``). Shards are
-split by rank and worker (epoch mode) or resampled with replacement for
-endless streams (``resampled=True``; each rank/worker draws its own shard
-sequence from the seed, so no split is needed and epochs are nominal).
+(caption) and/or ``key.json`` (``caption``, optional ``label``). Two modes:
+
+- epoch mode (``resampled=False``): shards are split by rank and then by
+  loader worker, each worker reads its shards in order through a seeded
+  shuffle buffer. With ``repeat=True`` the worker goes on with epoch 1, 2, ...
+  (each reshuffled with its own seed), so a rank whose shards hold fewer
+  samples never runs dry. The stream of a worker is a pure function of (seed,
+  rank, worker), which makes resume exact: ``resume_after_batches`` skips
+  exactly the samples the first run's batches consumed, without decoding them.
+- resampled (``resampled=True``): each rank/worker draws its own shard sequence
+  with replacement from the seed; the stream is endless and epochs are
+  nominal. A resumed run is given a new seed instead of skipping (skipping
+  would mean re-reading everything read so far), see docs/reliability.md.
 
 Broken input never crashes the stream and is never silently lost: a malformed
 tar member, an undecodable image or an empty caption becomes a counted
@@ -13,12 +22,15 @@ tar member, an undecodable image or an empty caption becomes a counted
 
 from __future__ import annotations
 
+import copy
+import itertools
 import json
 import tarfile
 from collections.abc import Iterable, Iterator
 
+import numpy as np
 import webdataset as wds
-from torch.utils.data import IterableDataset
+from torch.utils.data import IterableDataset, get_worker_info
 
 from vtp_gen.data.decode import (
     BAD_TAR_MEMBER,
@@ -114,8 +126,32 @@ def _sample_from_raw(raw: dict, transform, require_caption: bool, max_pixels: in
     return sample
 
 
+def _every_nth(first: int, step: int):
+    """A pipeline stage keeping shards ``first, first + step, ...`` (webdataset's split_by_worker, by a given id)."""
+
+    def stage(source: Iterable):
+        yield from itertools.islice(source, first, None, step)
+
+    return stage
+
+
+def batches_delivered_by_worker(batches: int, worker: int, num_workers: int) -> int:
+    """Of the first ``batches`` batches of a DataLoader over an iterable dataset, how many came from ``worker``.
+
+    The DataLoader asks its workers for batches in turn (0, 1, ..., W-1, 0, ...)
+    and hands them out in that order, so batch k is worker k mod W's.
+    """
+    return max(0, (batches - worker + num_workers - 1) // num_workers)
+
+
 class ImageTextShards(IterableDataset):
-    """Iterate (image, caption[, label]) dicts or Skipped records from tar shards."""
+    """Iterate (image, caption[, label]) dicts or Skipped records from tar shards.
+
+    ``repeat`` (epoch mode only) makes the stream endless, epoch after epoch;
+    ``resume_after_batches`` and ``batch_size`` say how many batches of that
+    size this rank's DataLoader delivered before a restart, so every worker
+    skips exactly its share of them (see :func:`batches_delivered_by_worker`).
+    """
 
     def __init__(
         self,
@@ -126,10 +162,15 @@ class ImageTextShards(IterableDataset):
         seed: int = 0,
         shuffle_buffer: int = 0,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        repeat: bool = False,
+        resume_after_batches: int = 0,
+        batch_size: int = 1,
     ):
         super().__init__()
         if not shards:
             raise ValueError("webdataset source needs data.shards, e.g. '/data/shards/{00000..00099}.tar'")
+        if resampled and resume_after_batches:
+            raise ValueError("a resampled stream is resumed with a new seed, not by skipping batches")
         self.shards = shards
         self.transform = transform
         self.resampled = resampled
@@ -137,25 +178,93 @@ class ImageTextShards(IterableDataset):
         self.seed = seed
         self.shuffle_buffer = shuffle_buffer
         self.max_pixels = max_pixels
+        self.repeat = repeat
+        self.resume_after_batches = resume_after_batches
+        self.batch_size = batch_size
 
-    def _pipeline(self, tap: _TarErrorTap) -> wds.DataPipeline:
+    def training_stream(self, seed: int, start_batch: int, batch_size: int) -> ImageTextShards:
+        """This stream as a training run starting at batch ``start_batch`` of ``batch_size`` samples needs it.
+
+        Epoch mode: endless, seeded by ``seed`` alone, and skipping what batches
+        0 .. start_batch - 1 consumed, so a resumed run reads exactly what an
+        uninterrupted one would. Resampled: a fresh stream seeded by (seed,
+        start_batch), so a resume does not replay the draws of the first run.
+        """
+        stream = copy.copy(self)
+        if self.resampled:
+            stream.seed = int(np.random.SeedSequence([seed, start_batch]).generate_state(1)[0])
+        else:
+            stream.seed, stream.repeat = seed, True
+            stream.resume_after_batches, stream.batch_size = start_batch, batch_size
+        return stream
+
+    def _pipeline(self, tap: _TarErrorTap, epoch: int, worker: int, num_workers: int) -> wds.DataPipeline:
         if self.resampled:
             stages = [wds.ResampledShards(self.shards, seed=self.seed, deterministic=True)]
         else:
-            stages = [wds.SimpleShardList(self.shards), wds.split_by_node, wds.split_by_worker]
+            stages = [wds.SimpleShardList(self.shards), wds.split_by_node, _every_nth(worker, num_workers)]
         stages += [
             wds.filters.pipelinefilter(wds.tariterators.url_opener)(handler=tap),
             wds.filters.pipelinefilter(_tar_members)(tap),
             wds.filters.pipelinefilter(wds.tariterators.group_by_keys)(handler=tap),
         ]
         if self.shuffle_buffer:
-            stages.append(wds.shuffle(self.shuffle_buffer, seed=self.seed))
+            # Epoch 0 keeps the plain seed, so a one-pass stream is what it always was.
+            stages.append(wds.shuffle(self.shuffle_buffer, seed=self.seed + 1_000_003 * epoch))
         return wds.DataPipeline(*stages)
 
-    def __iter__(self) -> Iterator[dict | Skipped]:
+    def _epoch_items(self, epoch: int, worker: int = 0, num_workers: int = 1) -> Iterator[dict | Skipped]:
+        """One pass: raw (undecoded) samples and the Skipped records of damaged tar members, in stream order."""
         tap = _TarErrorTap()
-        for raw in self._pipeline(tap):
+        for raw in self._pipeline(tap, epoch, worker, num_workers):
             while tap.pending:
                 yield tap.pending.pop(0)
-            yield _sample_from_raw(raw, self.transform, self.require_caption, self.max_pixels)
+            yield raw
         yield from tap.pending
+
+    def _decode(self, item: dict | Skipped) -> dict | Skipped:
+        if isinstance(item, Skipped):
+            return item
+        return _sample_from_raw(item, self.transform, self.require_caption, self.max_pixels)
+
+    def __iter__(self) -> Iterator[dict | Skipped]:
+        if self.resampled:
+            yield from map(self._decode, self._epoch_items(0))
+            return
+        info = get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        # A new DataLoader asks worker 0 first, but batch ``resume_after_batches`` of the first run came
+        # from worker (resume_after_batches mod W): the workers take over the roles (shards and position)
+        # of the first run's workers, rotated by that much.
+        worker = (worker + self.resume_after_batches) % num_workers
+        to_skip = self.batch_size * batches_delivered_by_worker(
+            self.resume_after_batches, worker, num_workers
+        )
+        epoch, epoch_length = 0, None
+        while True:
+            if epoch_length and to_skip >= epoch_length:
+                # Whole epochs to skip: every epoch of a worker holds the same samples, reshuffled.
+                epoch += to_skip // epoch_length
+                to_skip %= epoch_length
+            count = 0
+            for item in self._epoch_items(epoch, worker, num_workers):
+                count += 1
+                if to_skip:
+                    to_skip -= 1
+                    continue
+                yield self._decode(item)
+            if count == 0:
+                if not self.repeat and not to_skip:
+                    return
+                raise ValueError(
+                    f"data loader worker {worker} of {num_workers} got no samples from data.shards={self.shards!r}: "
+                    "epoch mode splits the shards by rank and then by worker, so it needs at least "
+                    "world_size x num_workers non-empty shards (or set data.resampled=true)"
+                )
+            if not self.repeat:
+                if to_skip:
+                    raise ValueError(
+                        f"cannot resume after {self.resume_after_batches} batches: the stream holds fewer samples"
+                    )
+                return
+            epoch_length, epoch = count, epoch + 1

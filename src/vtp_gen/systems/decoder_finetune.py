@@ -28,16 +28,18 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from vtp_gen.data.decode import DataIssueCounter
 from vtp_gen.losses import AdversarialLoss, ReconstructionLoss, schedules
 from vtp_gen.models.tokenizer import VTPModel
+from vtp_gen.systems.data_accounting import AccountsForData
 from vtp_gen.systems.optim import apply_schedule
 
 OPTIMIZER_STEPS_PER_STEP = 2
 
 
-class DecoderFinetune(L.LightningModule):
+class DecoderFinetune(AccountsForData, L.LightningModule):
     """Fine-tune ``model.pixel_decoder`` against ``discriminator``; ``cfg`` is a ``DecoderFinetuneConfig``."""
+
+    data_phase = "decoder fine-tune"
 
     def __init__(
         self,
@@ -58,7 +60,7 @@ class DecoderFinetune(L.LightningModule):
         model.pixel_decoder.requires_grad_(True)
         self.rec_loss = ReconstructionLoss(cfg.l1_weight, cfg.lpips_weight, perceptual)
         self.adversarial = AdversarialLoss(disc_weight=cfg.disc_weight, disc_start_step=cfg.disc_start_step)
-        self.data_issues = DataIssueCounter()
+        self.init_data_account()
 
     @property
     def finetune_step(self) -> int:
@@ -119,7 +121,7 @@ class DecoderFinetune(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         step = self.finetune_step
-        self.data_issues.update(batch.get("data_issues", {}))
+        self.count_data(batch)
         decoder_opt, disc_opt = self.optimizers()
         factor = self.learning_rate_factor(step)
         apply_schedule(decoder_opt.optimizer, self.cfg.lr * factor)
@@ -142,17 +144,10 @@ class DecoderFinetune(L.LightningModule):
         values = {f"finetune/{k}": v.detach().float() for k, v in losses.items() if k != "loss"}
         values["finetune/lr"] = self.cfg.lr * factor
         values["finetune/step"] = float(step)
-        for kind, count in self.data_issues.state_dict().items():
-            values[f"data/{kind}"] = float(count)
+        values.update(self.data_log_values())
         self.log("finetune/loss", losses["loss"].detach(), prog_bar=True, batch_size=batch_size)
         self.log_dict(values, batch_size=batch_size)
         return losses["loss"].detach()
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["data_issues"] = self.data_issues.state_dict()
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.data_issues.load_state_dict(checkpoint.get("data_issues", {}))
 
     def export_tokenizer(self, directory: str | Path) -> Path:
         """The tokenizer with its fine-tuned decoder (no discriminator) in the official VTP layout."""

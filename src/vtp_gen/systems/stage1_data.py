@@ -12,13 +12,18 @@ of (seed, s, rank): :class:`StepBatchSampler` walks seeded epoch permutations
 from any start step, and :class:`Stage1Collate` draws all of a batch's
 randomness (subsets, crops, masks) from a generator seeded by the step. A run
 restarted from a checkpoint at step s therefore sees exactly the batches an
-uninterrupted run sees, whatever the number of DataLoader workers. Streams
-(webdataset) restart with a stream seeded by the resume step instead.
+uninterrupted run sees, whatever the number of DataLoader workers. Webdataset
+streams in epoch mode are endless and deterministic per (seed, rank, worker),
+and a resumed stream skips exactly the samples the earlier batches consumed
+(:meth:`~vtp_gen.data.webdataset.ImageTextShards.training_stream`); resampled
+streams restart with a stream seeded by the resume step instead.
 
 Batches always hold exactly B samples: samples the data layer had to skip
 (broken files) are replaced by repeats of good ones of the same batch and
 counted (``data_issues["refilled_duplicate"]``), so per-rank shapes, and hence
-the CLIP all-gather, stay equal on every rank.
+the CLIP all-gather, stay equal on every rank. ``samples_drawn`` and
+``samples_used`` say how many samples the batch was made from and how many of
+them were usable, for the run's data account (:mod:`vtp_gen.data.accounting`).
 """
 
 from __future__ import annotations
@@ -32,12 +37,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from vtp_gen.config import DataConfig
+from vtp_gen.data.accounting import REFILLED
 from vtp_gen.data.build import build_dataset
 from vtp_gen.data.decode import Skipped, collate_samples
 from vtp_gen.data.multicrop import MultiCropCollate
 from vtp_gen.data.transforms import CenterCropNormalize
-
-REFILLED = "refilled_duplicate"
+from vtp_gen.data.webdataset import ImageTextShards
 
 
 def derive_seed(seed: int, *keys: int | str) -> int:
@@ -154,9 +159,11 @@ class Stage1Collate:
                 f"a batch of {len(samples)} samples held no usable image ({collate_samples(skipped)['data_issues']}); "
                 "check the data source"
             )
-        refilled = self.batch_size - len(good)
+        used = len(good)
+        refilled = self.batch_size - used
         if refilled > 0:
-            good = good + [good[i % len(good)] for i in range(refilled)]
+            # Repeats carry no issues: a repaired sample used twice was still repaired once.
+            good = good + [{**good[i % used], "issues": []} for i in range(refilled)]
         steps = {s.get("step") for s in good}
         step = steps.pop() if len(steps) == 1 else None
         if step is None:
@@ -169,6 +176,8 @@ class Stage1Collate:
             batch["step"] = torch.tensor(step)
         if refilled > 0:
             batch["data_issues"][REFILLED] = refilled
+        # For the data account (data/accounting.py): what was drawn, and how much of it was usable.
+        batch["samples_drawn"], batch["samples_used"] = len(samples), used
         return batch
 
     def _collate(self, good: list[dict], skipped: list[Skipped]) -> dict:
@@ -239,13 +248,10 @@ class Stage1DataModule(L.LightningDataModule):
             persistent_workers=self.data.num_workers > 0,
         )
         if isinstance(dataset, IterableDataset):
-            if self.data.source == "webdataset":
-                # A resumed stream must not replay the samples of the first run: reseed by the step.
-                dataset = build_dataset(
-                    self.data,
-                    transform=None,
-                    with_captions=self.with_captions,
-                    seed=derive_seed(self.seed, "stream", start_step),
+            if isinstance(dataset, ImageTextShards):
+                # Epoch mode skips what the batches before start_step consumed; resampled reseeds.
+                dataset = dataset.training_stream(
+                    derive_seed(self.seed, "stream"), start_step, self.batch_size
                 )
             generator = torch.Generator().manual_seed(derive_seed(self.seed, "workers", start_step, rank))
             return DataLoader(dataset, batch_size=self.batch_size, generator=generator, **common)

@@ -7,7 +7,8 @@
                        decoder_finetune/         checkpoints/ + logs/ of the GAN fine-tune
                        tokenizer/                the final tokenizer (official VTP layout)
                        images/reconstructions.png, images/loss_curves.png
-                       metrics.json              final losses, held-out zero-shot top-1, recon L1/PSNR
+                       metrics.json              final losses, held-out zero-shot top-1, recon L1/PSNR,
+                                                 data account (drawn = used + skipped, by kind)
 
 Rerunning the same command resumes each phase from its last checkpoint; on a
 finished run it says so and does nothing. Under DDP every rank runs this
@@ -175,6 +176,18 @@ def is_complete_tokenizer(directory: Path) -> bool:
     return (directory / "config.json").is_file() and (directory / "model.safetensors").is_file()
 
 
+def finished_data_account(system) -> dict:
+    """The phase's data account summed over ranks (every rank calls this).
+
+    ``on_train_end`` leaves it in ``data_totals``; a rerun whose checkpoint is
+    already at the last step skips the training loop, hook included, so the
+    restored account is summed here instead.
+    """
+    if system.data_totals is None:
+        system.data_totals = system.data_account.total().as_dict()
+    return system.data_totals
+
+
 # ---------------------------------------------------------------------- phases
 def set_aside_stale_finetune(folder: Path) -> None:
     """Pre-training is about to (re)train: a fine-tune made from an older encoder no longer applies.
@@ -218,9 +231,15 @@ def pretrain(cfg: DictConfig, folder: Path) -> VTPModel | None:
     trainer.fit(system, datamodule=datamodule, ckpt_path=resume)
     if trainer.global_step < cfg.trainer.max_steps:
         raise RuntimeError(f"pre-training stopped at step {trainer.global_step} of {cfg.trainer.max_steps}")
+    data = finished_data_account(system)
     if trainer.is_global_zero:
         system.export_tokenizer(target)
-        record_progress(folder, pretrain_steps=cfg.trainer.max_steps, pretrain_seconds=time.time() - started)
+        record_progress(
+            folder,
+            pretrain_steps=cfg.trainer.max_steps,
+            pretrain_seconds=time.time() - started,
+            pretrain_data=data,
+        )
     return model
 
 
@@ -277,9 +296,15 @@ def finetune_decoder(cfg: DictConfig, folder: Path, model: VTPModel | None) -> N
         trainer.fit(system, datamodule=build_finetune_data(cfg), ckpt_path=resume)
     if system.finetune_step < ft.max_steps:
         raise RuntimeError(f"decoder fine-tune stopped at step {system.finetune_step} of {ft.max_steps}")
+    data = finished_data_account(system)
     if trainer.is_global_zero:
         system.export_tokenizer(target)
-        record_progress(folder, finetune_steps=ft.max_steps, finetune_seconds=time.time() - started)
+        record_progress(
+            folder,
+            finetune_steps=ft.max_steps,
+            finetune_seconds=time.time() - started,
+            finetune_data=data,
+        )
 
 
 # ---------------------------------------------------------------------- evaluation
@@ -422,7 +447,12 @@ def write_report(cfg: DictConfig, folder: Path) -> dict:
         },
         "pretrain": final_values(logged, "train/"),
         "finetune": final_values(logged, "finetune/"),
-        "data_issues": {k: v[-1][1] for k, v in logged.items() if k.startswith("data/")},
+        # drawn = used + skipped, per phase and summed over ranks (vtp_gen.data.accounting)
+        "data": {
+            phase: progress[f"{phase}_data"]
+            for phase in ("pretrain", "finetune")
+            if f"{phase}_data" in progress
+        },
         "evaluation": evaluation,
     }
     write_json_atomic(folder / METRICS_FILE, metrics)

@@ -38,7 +38,6 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from vtp_gen.data.decode import DataIssueCounter
 from vtp_gen.losses import (
     CLIPLoss,
     DINOLoss,
@@ -49,12 +48,13 @@ from vtp_gen.losses import (
     schedules,
 )
 from vtp_gen.models.tokenizer import DINOHead, VTPModel, ema_update, make_ema_teacher
+from vtp_gen.systems.data_accounting import AccountsForData
 from vtp_gen.systems.nonfinite import step_was_skipped
 from vtp_gen.systems.optim import apply_schedule, build_adamw
 from vtp_gen.systems.stage1_data import derive_seed
 
 
-class TokenizerPretraining(L.LightningModule):
+class TokenizerPretraining(AccountsForData, L.LightningModule):
     """Stage-1 pre-training of ``model`` (a :class:`VTPModel`).
 
     ``objectives``, ``ssl`` and ``optim`` are the sections of
@@ -63,6 +63,8 @@ class TokenizerPretraining(L.LightningModule):
     ``dino_head`` and ``perceptual`` (the LPIPS network) may be injected;
     otherwise they are built from the config.
     """
+
+    data_phase = "pre-training"
 
     def __init__(
         self,
@@ -120,7 +122,7 @@ class TokenizerPretraining(L.LightningModule):
             self.teacher = None
         if self.rec_on:
             self.rec_loss = ReconstructionLoss(objectives.l1_weight, objectives.lpips_weight, perceptual)
-        self.data_issues = DataIssueCounter()
+        self.init_data_account()
         # Parameters no enabled objective reaches are frozen: they cost no optimiser state and
         # DDP does not wait for gradients that never come.
         trainable = {id(p) for _, p in self.trainable_named_parameters()}
@@ -273,7 +275,7 @@ class TokenizerPretraining(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         step = self.global_step
-        self.data_issues.update(batch.get("data_issues", {}))
+        self.count_data(batch)
         # Stochastic depth draws from torch's global generator: seed it from the step (inside a fork,
         # so nothing outside the step is affected) to make a resumed run take the same paths.
         devices = [self.device] if self.device.type == "cuda" else []
@@ -292,8 +294,7 @@ class TokenizerPretraining(L.LightningModule):
         if self.ssl_on:
             values["train/teacher_temp"] = self.teacher_temperature(step)
             values["train/teacher_momentum"] = self.teacher_momentum(step)
-        for kind, count in self.data_issues.state_dict().items():
-            values[f"data/{kind}"] = float(count)
+        values.update(self.data_log_values())
         self.log("train/loss", values.pop("train/loss"), prog_bar=True, batch_size=batch_size)
         self.log_dict(values, batch_size=batch_size)
 
@@ -321,12 +322,6 @@ class TokenizerPretraining(L.LightningModule):
     def update_teacher(self, momentum: float) -> None:
         student = nn.ModuleDict({"trunk": self.model.trunk, "head": self.dino_head})
         ema_update(self.teacher, student, momentum)
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["data_issues"] = self.data_issues.state_dict()
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.data_issues.load_state_dict(checkpoint.get("data_issues", {}))
 
     # ------------------------------------------------------------------ export
     def export_tokenizer(self, directory: str | Path) -> Path:
