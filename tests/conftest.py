@@ -29,6 +29,7 @@ FAULT_FILES = {
     "test_stage1_resume.py": "kill and rerun",
     "test_stage2_resume.py": "kill and rerun",
     "test_latents_resume.py": "kill and rerun",
+    "test_stage1_resume_webdataset.py": "kill and rerun",
     "test_data.py": "bad input",
     "test_stage1_data.py": "bad input",
     "test_pretrained_safe_unpickle.py": "untrusted files",

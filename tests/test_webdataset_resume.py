@@ -89,3 +89,17 @@ def test_too_few_shards_for_the_workers_is_a_clear_error(tmp_path):
     stream = ImageTextShards(str(path)).training_stream(seed=0, start_batch=0, batch_size=2)
     with pytest.raises(Exception, match="needs at least world_size x num_workers non-empty shards"):
         batches(stream, num_workers=2, count=6)
+
+
+def steps_of(items: list) -> list[int]:
+    return [item["step"] for item in items if not isinstance(item, Skipped)]
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_each_sample_is_tagged_with_the_batch_it_lands_in(shards, num_workers):
+    # The stage-1 collate seeds crops and subsets from this tag, so a resumed run makes the same views.
+    for start in (0, 5):
+        stream = ImageTextShards(shards).training_stream(seed=1, start_batch=start, batch_size=BATCH)
+        loader = DataLoader(stream, batch_size=BATCH, num_workers=num_workers, collate_fn=steps_of)
+        for index, steps in zip(range(start, start + 9), loader):
+            assert steps == [index] * BATCH

@@ -147,7 +147,8 @@ def batches_delivered_by_worker(batches: int, worker: int, num_workers: int) -> 
 class ImageTextShards(IterableDataset):
     """Iterate (image, caption[, label]) dicts or Skipped records from tar shards.
 
-    ``repeat`` (epoch mode only) makes the stream endless, epoch after epoch;
+    ``repeat`` (epoch mode only) makes the stream endless, epoch after epoch, and
+    tags each sample with the index of the batch it will land in (``step``);
     ``resume_after_batches`` and ``batch_size`` say how many batches of that
     size this rank's DataLoader delivered before a restart, so every worker
     skips exactly its share of them (see :func:`batches_delivered_by_worker`).
@@ -237,32 +238,41 @@ class ImageTextShards(IterableDataset):
         # from worker (resume_after_batches mod W): the workers take over the roles (shards and position)
         # of the first run's workers, rotated by that much.
         worker = (worker + self.resume_after_batches) % num_workers
-        to_skip = self.batch_size * batches_delivered_by_worker(
+        position = self.batch_size * batches_delivered_by_worker(
             self.resume_after_batches, worker, num_workers
         )
+        for item in self._worker_stream(worker, num_workers, skip=position):
+            sample = self._decode(item)
+            if self.repeat and isinstance(sample, dict):
+                # The run-wide index of the batch this sample lands in (batch j of worker w is batch
+                # j * W + w): the stage-1 collate seeds its crops and subsets from it, as on map-style data.
+                sample["step"] = position // self.batch_size * num_workers + worker
+            position += 1
+            yield sample
+
+    def _worker_stream(self, worker: int, num_workers: int, skip: int) -> Iterator[dict | Skipped]:
+        """This worker's undecoded items, epoch after epoch when repeating, without the first ``skip``."""
         epoch, epoch_length = 0, None
         while True:
-            if epoch_length and to_skip >= epoch_length:
+            if epoch_length and skip >= epoch_length:
                 # Whole epochs to skip: every epoch of a worker holds the same samples, reshuffled.
-                epoch += to_skip // epoch_length
-                to_skip %= epoch_length
+                epoch += skip // epoch_length
+                skip %= epoch_length
             count = 0
             for item in self._epoch_items(epoch, worker, num_workers):
                 count += 1
-                if to_skip:
-                    to_skip -= 1
+                if skip:
+                    skip -= 1
                     continue
-                yield self._decode(item)
-            if count == 0:
-                if not self.repeat and not to_skip:
-                    return
+                yield item
+            if count == 0 and (self.repeat or skip):
                 raise ValueError(
                     f"data loader worker {worker} of {num_workers} got no samples from data.shards={self.shards!r}: "
                     "epoch mode splits the shards by rank and then by worker, so it needs at least "
                     "world_size x num_workers non-empty shards (or set data.resampled=true)"
                 )
             if not self.repeat:
-                if to_skip:
+                if skip:
                     raise ValueError(
                         f"cannot resume after {self.resume_after_batches} batches: the stream holds fewer samples"
                     )
