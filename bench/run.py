@@ -42,6 +42,8 @@ from vtp_bench.stage1 import decoder_finetune_group, stage1_step_group, towers_g
 from vtp_bench.stage2 import sampling_group, stage2_step_group  # noqa: E402
 from vtp_bench.suite import Group, Settings, run_group  # noqa: E402
 
+from vtp_gen.utils.host_memory import keep_freed_host_memory  # noqa: E402
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -174,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{group.name:28s} {group.description}")
         return 0
     threads_note = choose_threads(args.threads, device)
+    # What `vtp-gen` does for every step (vtp_gen/utils/host_memory.py), so the numbers are the CLI's.
+    kept_freed_memory = keep_freed_host_memory()
     quick = suite == "quick"
     settings = Settings(
         device=device,
@@ -196,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             "memory": settings.memory,
             "quick": settings.quick,
             "precision": "bf16 autocast" if settings.on_gpu else "fp32",
+            "keep_freed_host_memory": kept_freed_memory,
         },
         "groups": [],
         "targets": [],

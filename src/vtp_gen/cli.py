@@ -23,6 +23,7 @@ from omegaconf import OmegaConf
 
 from vtp_gen.config import ConfigError, DataConfig, load_config
 from vtp_gen.systems.nonfinite import NonFiniteTrainingError
+from vtp_gen.utils.host_memory import keep_freed_host_memory
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REPO_CONFIGS = REPO_ROOT / "configs"
@@ -166,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(OmegaConf.to_yaml(cfg, resolve=True))
         return 0
+    # Training and evaluation free and reallocate the same large tensors every step: keep that memory.
+    keep_freed_host_memory()
     try:
         _import(step.runner)(cfg)
     except (FileNotFoundError, ConfigError, ValueError, NonFiniteTrainingError) as e:
