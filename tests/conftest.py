@@ -38,6 +38,7 @@ FAULT_FILES = {
     "test_stage1_salted_corpus.py": "bad input",
     "test_data_accounting.py": "bad input",
     "test_webdataset_resume.py": "resume data position",
+    "test_checkpoint_fallback.py": "damaged checkpoints",
 }
 FAULT_KIND_BY_TEST = {
     "test_pickled_checkpoints_are_refused_without_unpickling": "untrusted files",

@@ -302,7 +302,8 @@ def run(cfg: DictConfig, callbacks: list | None = None) -> Stage2Result:
     # Step checkpoints only come every checkpoint_every_n_steps and the step-indexed stream never
     # ends an epoch, so the final state is saved here: last.ckpt is always where the run stopped
     # (a rerun with more trainer.max_steps continues from it). Every rank calls it; rank 0 writes.
-    trainer.save_checkpoint(folder / "checkpoints" / "last.ckpt")
+    # weights_only=False: a full resume checkpoint (optimiser, loops); said explicitly, or Lightning logs a notice.
+    trainer.save_checkpoint(folder / "checkpoints" / "last.ckpt", weights_only=False)
     digests = check_ranks_agree(trainer, system)
     if not trainer.is_global_zero:
         return Stage2Result(folder, None, None)

@@ -1,0 +1,50 @@
+"""A damaged checkpoint in a real run: detected on resume, the previous good one is used, with a warning.
+
+Stage 2 is killed at step 10 (checkpoints at 4 and 8; `last.ckpt` and
+`step00000008.ckpt` both hold step 8). Then `last.ckpt` is truncated, as a
+crash in the middle of a non-atomic copy would leave it, or overwritten with
+garbage: the rerun warns, resumes from `step00000008.ckpt` and ends identical
+to an uninterrupted run. With both damaged it warns twice and starts over,
+again ending identical (every draw is a function of the step).
+"""
+
+import pytest
+from test_stage2_helpers import run_stage2_subprocess, tiny_overrides
+from test_stage2_resume import assert_identical, cache, final_state, uninterrupted  # noqa: F401 (fixtures)
+
+
+def killed_run(latents, out, name):
+    overrides = tiny_overrides(out, name, latents)
+    assert run_stage2_subprocess(overrides, kill_at=10).returncode == -9
+    return overrides, out / name / "stage2" / "checkpoints"
+
+
+def truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def scribble(path):
+    path.write_bytes(b"\x00garbage, not a checkpoint" * 100)
+
+
+@pytest.mark.parametrize("damage", [truncate, scribble], ids=["truncated", "overwritten"])
+def test_a_damaged_last_checkpoint_falls_back_to_the_step_checkpoint(cache, uninterrupted, tmp_path, damage):  # noqa: F811
+    overrides, checkpoints = killed_run(cache, tmp_path, "damaged")
+    damage(checkpoints / "last.ckpt")
+    rerun = run_stage2_subprocess(overrides)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "last.ckpt is truncated or corrupt; trying an older one" in rerun.stderr
+    assert "resuming from" in rerun.stdout and "step00000008.ckpt" in rerun.stdout
+    assert_identical(final_state(tmp_path / "damaged"), uninterrupted)
+
+
+def test_with_every_checkpoint_damaged_the_run_starts_over_and_still_matches(cache, uninterrupted, tmp_path):  # noqa: F811
+    overrides, checkpoints = killed_run(cache, tmp_path, "all_damaged")
+    for path in checkpoints.glob("*.ckpt"):
+        truncate(path)
+    rerun = run_stage2_subprocess(overrides)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert rerun.stderr.count("is truncated or corrupt") == 2
+    assert "resuming from" not in rerun.stdout
+    assert_identical(final_state(tmp_path / "all_damaged"), uninterrupted)
