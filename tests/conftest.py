@@ -39,6 +39,7 @@ FAULT_FILES = {
     "test_data_accounting.py": "bad input",
     "test_webdataset_resume.py": "resume data position",
     "test_checkpoint_fallback.py": "damaged checkpoints",
+    "test_disk_faults.py": "disk faults",
 }
 FAULT_KIND_BY_TEST = {
     "test_pickled_checkpoints_are_refused_without_unpickling": "untrusted files",

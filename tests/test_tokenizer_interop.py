@@ -237,7 +237,8 @@ def test_a_full_disk_during_export_leaves_the_previous_export_whole(tmp_path):
         "resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))\n"
         f"save_pretrained(model, {str(folder)!r})\n"
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    # -B: a bytecode cache written under the limit would be cut short and break later imports.
+    result = subprocess.run([sys.executable, "-B", "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode != 0 and "File too large" in result.stderr
     assert {p.name: p.read_bytes() for p in folder.iterdir() if not p.name.startswith(".")} == before
     load_tokenizer(folder)  # still a complete, loadable export

@@ -11,6 +11,7 @@ and ``eval/`` all come through here.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import importlib.util
 import json
@@ -26,6 +27,7 @@ from vtp_gen.systems.nonfinite import NonFiniteTrainingError
 from vtp_gen.utils.host_memory import keep_freed_host_memory
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+WRITE_FAULTS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES)
 REPO_CONFIGS = REPO_ROOT / "configs"
 
 
@@ -174,6 +176,17 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ConfigError, ValueError, NonFiniteTrainingError) as e:
         # Environment, input and divergence faults: one clear line, non-zero exit, no traceback wall.
         print(f"vtp-gen {args.step}: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        if e.errno not in WRITE_FAULTS:
+            raise
+        # Full disk, file-size or quota limit, read-only or forbidden folder: nothing half-written was
+        # left under a real name (vtp_gen/utils/atomic.py), so a rerun after fixing it resumes.
+        print(
+            f"vtp-gen {args.step}: error: could not write {e.filename or 'an output file'}: {e.strerror}; "
+            "free some space (or lift the limit) or choose another output folder, then rerun to resume",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

@@ -20,7 +20,6 @@ text features are garbage until the mask is rebuilt; ``load_tokenizer`` rebuilds
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from torch import Tensor
 
 from vtp_gen.models.tokenizer.config import VTPConfig
 from vtp_gen.models.tokenizer.model import VTPModel
+from vtp_gen.utils.atomic import atomic_output, write_text_atomic
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -172,13 +172,10 @@ def save_pretrained(model: VTPModel, directory: str | Path) -> Path:
     }
     # Each file is written under a temporary name and renamed into place, weights first: a crash or
     # a full disk leaves the previous export (or nothing), never a truncated file under the real name.
-    weights_tmp = directory / f".{WEIGHTS_NAME}.tmp"
-    save_file(tensors, str(weights_tmp), metadata={"format": "pt"})
-    os.replace(weights_tmp, directory / WEIGHTS_NAME)
-    config_tmp = directory / f".{CONFIG_NAME}.tmp"
-    with open(config_tmp, "w") as f:
-        dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-        json.dump(config.to_dict(dtype=dtype), f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(config_tmp, directory / CONFIG_NAME)
+    with atomic_output(directory / WEIGHTS_NAME, fsync=True) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    write_text_atomic(
+        directory / CONFIG_NAME, json.dumps(config.to_dict(dtype=dtype), indent=2, sort_keys=True) + "\n"
+    )
     return directory

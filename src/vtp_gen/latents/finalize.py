@@ -24,6 +24,7 @@ from vtp_gen.latents.manifest import (
 )
 from vtp_gen.latents.stats import ChannelMoments
 from vtp_gen.latents.writer import ShardLayout, completed_shards
+from vtp_gen.utils.atomic import atomic_output
 from vtp_gen.utils.run_dir import write_json_atomic
 
 
@@ -34,13 +35,12 @@ def save_stats(folder: Path, mean: torch.Tensor, std: torch.Tensor) -> Path:
     silently promote every training batch to float64.
     """
     path = Path(folder) / STATS_FILE
-    tmp = path.with_name(f".{path.name}.tmp")
     stats = {
         "mean": mean.to(torch.float32).view(1, -1, 1, 1).clone(),
         "std": std.to(torch.float32).view(1, -1, 1, 1).clone(),
     }
-    torch.save(stats, tmp)
-    tmp.replace(path)
+    with atomic_output(path) as tmp:
+        torch.save(stats, tmp)
     return path
 
 

@@ -32,7 +32,6 @@ STATS_FILE = "latents_stats.pt"
 PROGRESS_DIR = "progress"
 PLAN_FILE = "plan.json"
 SHARD_PATTERN = re.compile(r"^latents_rank(\d+)_shard(\d+)\.safetensors$")
-TMP_SUFFIX = ".tmp"
 
 
 class CacheMismatchError(ValueError):
@@ -45,11 +44,6 @@ def shard_file_name(rank: int, shard: int) -> str:
 
 def shard_record_path(folder: Path, shard: int) -> Path:
     return Path(folder) / PROGRESS_DIR / f"shard{shard:06d}.json"
-
-
-def temporary_path(final: Path) -> Path:
-    # Hidden and not ending in .safetensors: LightningDiT's glob never sees a partial file.
-    return final.with_name(f".{final.name}{TMP_SUFFIX}")
 
 
 def sha256_bytes(data: bytes | memoryview) -> str:

@@ -6,7 +6,8 @@ twice. A shard is buffered until all of its images have arrived (or are known
 to be unreadable), then written crash-safely:
 
 1. serialise in memory and hash the bytes (the checksum costs no extra read),
-2. write ``.latents_rank.._shard...safetensors.tmp``, fsync, rename to the final name,
+2. write ``.latents_rank.._shard...safetensors.tmp<pid>``, fsync, rename to the final name
+   (:func:`~vtp_gen.utils.atomic.atomic_output`; a failed write leaves no file behind),
 3. write ``progress/shardNNNNNN.json`` (checksum, counts, float64 moments).
 
 A shard counts as done only when its record exists and names a file of the
@@ -16,7 +17,6 @@ of that shard are removed.
 
 from __future__ import annotations
 
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -30,14 +30,13 @@ from vtp_gen.latents.manifest import (
     FORMAT_NAME,
     PROGRESS_DIR,
     SHARD_PATTERN,
-    TMP_SUFFIX,
     read_json,
     sha256_bytes,
     shard_file_name,
     shard_record_path,
-    temporary_path,
 )
 from vtp_gen.latents.stats import ChannelMoments
+from vtp_gen.utils.atomic import is_temporary_name, write_bytes_atomic
 from vtp_gen.utils.run_dir import write_json_atomic
 
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -94,7 +93,7 @@ def remove_stale_files(folder: Path, done: set[int]) -> None:
     """
     folder = Path(folder)
     for path in folder.iterdir():
-        if path.name.startswith(".latents_rank") and path.name.endswith(TMP_SUFFIX):
+        if path.name.startswith(".latents_rank") and is_temporary_name(path.name):
             path.unlink(missing_ok=True)
             continue
         match = SHARD_PATTERN.match(path.name)
@@ -103,13 +102,6 @@ def remove_stale_files(folder: Path, done: set[int]) -> None:
     for record in (folder / PROGRESS_DIR).glob("shard*.json"):
         if int(record.stem.removeprefix("shard")) not in done:
             record.unlink(missing_ok=True)
-
-
-def _fsync_write(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 @dataclass
@@ -224,10 +216,7 @@ class ShardWriter(BasePredictionWriter):
             "dtype": str(tensors["latents"].dtype).removeprefix("torch."),
         }
         data = safetensors_bytes(tensors, metadata=metadata)
-        final = self.folder / name
-        tmp = temporary_path(final)
-        _fsync_write(tmp, data)
-        tmp.replace(final)
+        write_bytes_atomic(self.folder / name, data, fsync=True)
         record = {
             "shard": shard,
             "file": name,

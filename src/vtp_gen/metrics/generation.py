@@ -31,6 +31,7 @@ import torch
 from vtp_gen.interop.adm_npz import adm_npz_keys
 from vtp_gen.metrics.features import FeatureNetwork, extract_features, network_device
 from vtp_gen.metrics.images import ImageSource
+from vtp_gen.utils.atomic import atomic_output
 
 INCEPTION_EXTRACTOR = "inception-v3-compat/pool3"
 GENERATION_METRICS = ("fid", "kid", "inception_score", "precision_recall")
@@ -291,9 +292,8 @@ def save_reference(path: str | os.PathLike, reference: ReferenceSet) -> Path:
     }
     if reference.features is not None:
         arrays["features"] = reference.features.astype(np.float32)
-    tmp = path.with_name(path.name + ".part.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez adds no suffix
+        np.savez(f, **arrays)
     return path
 
 

@@ -32,6 +32,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from vtp_gen.utils.atomic import atomic_output
+
 DINOV2_LEARNING_RATES = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 1e-1)
 LABELS_KEY = "labels"
 FeatureFn = Callable[[torch.Tensor], Mapping[str, torch.Tensor]]
@@ -101,12 +103,9 @@ def extract_probe_features(
 
 
 def save_probe_features(path: str | os.PathLike, features: Mapping[str, torch.Tensor]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    save_file({k: v.contiguous() for k, v in features.items()}, str(tmp))
-    tmp.replace(path)
-    return path
+    with atomic_output(path) as tmp:
+        save_file({k: v.contiguous() for k, v in features.items()}, str(tmp))
+    return Path(path)
 
 
 def load_probe_features(path: str | os.PathLike) -> dict[str, torch.Tensor]:

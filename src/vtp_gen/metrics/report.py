@@ -23,6 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vtp_gen.utils.atomic import write_text_atomic
 from vtp_gen.utils.run_dir import write_json_atomic
 
 METRICS_FORMAT = 1
@@ -343,8 +344,4 @@ def write_report(
         lines += ["", f"## {image.title}", "", f"![{image.title}](images/{target.name})"]
         if image.caption:
             lines += ["", image.caption]
-    path = folder / "report.md"
-    tmp = path.with_name(".report.md.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(path)
-    return path
+    return write_text_atomic(folder / "report.md", "\n".join(lines) + "\n")

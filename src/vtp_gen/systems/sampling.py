@@ -39,6 +39,7 @@ from vtp_gen.data.transforms import to_uint8
 from vtp_gen.latents.dataset import LatentStats
 from vtp_gen.systems.latent_data import derive_seed
 from vtp_gen.transport import sample as transport_sample
+from vtp_gen.utils.atomic import atomic_output
 from vtp_gen.utils.images import load_png, save_grid, save_png
 
 LABEL_MODES = ("uniform", "balanced")
@@ -346,8 +347,10 @@ def write_adm_npz(
         "fortran_order": False,
         "shape": (num_samples, *first.shape),
     }
-    tmp = path.with_name(f".{path.name}.tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+    with (
+        atomic_output(path) as tmp,
+        zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive,
+    ):
         with archive.open("arr_0.npy", "w", force_zip64=True) as f:
             np.lib.format.write_array_header_1_0(f, header)  # what np.save writes for such a header
             for index in range(num_samples):
@@ -358,5 +361,4 @@ def write_adm_npz(
         if labels is not None:
             with archive.open("arr_1.npy", "w", force_zip64=True) as f:
                 np.lib.format.write_array(f, labels.numpy().astype(np.int64), allow_pickle=False)
-    tmp.replace(path)
     return path

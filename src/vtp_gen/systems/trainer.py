@@ -7,7 +7,6 @@ progress bars, so stage 1 and stage 2 behave the same way.
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from vtp_gen.config import TrainerConfig
 from vtp_gen.systems.nonfinite import NonFiniteGuard
+from vtp_gen.utils.atomic import atomic_output
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -30,17 +30,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """
 
     def save_checkpoint(self, checkpoint, path, storage_options=None):
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        try:
+        with atomic_output(path, fsync=True) as tmp:
             torch.save(checkpoint, tmp)
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
 
     def load_checkpoint(self, path, map_location=None, weights_only=True):
         return torch.load(path, map_location=map_location or "cpu", weights_only=True)

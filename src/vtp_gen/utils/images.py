@@ -12,7 +12,6 @@ of PNG files. Float tensors are converted on the way in:
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ import torch
 from PIL import Image
 
 from vtp_gen.data.transforms import to_uint8
+from vtp_gen.utils.atomic import atomic_output
 
 
 def to_pixels(images: torch.Tensor | np.ndarray, normalized: bool = False) -> np.ndarray:
@@ -80,16 +80,9 @@ def make_grid(
 
 def save_png(image: np.ndarray, path: str | Path) -> Path:
     """Write one uint8 (H, W, 3) image; a reader never sees a partial file (write, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    with atomic_output(path) as tmp:
         Image.fromarray(np.ascontiguousarray(image)).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return Path(path)
 
 
 def save_grid(

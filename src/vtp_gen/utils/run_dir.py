@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import difflib
 import json
-import os
 import warnings
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from vtp_gen.config import save_config
+from vtp_gen.utils.atomic import write_text_atomic
 
 
 def run_root(cfg: DictConfig) -> Path:
@@ -59,9 +59,4 @@ def last_checkpoint(folder: Path) -> Path | None:
 
 
 def write_json_atomic(path: str | Path, payload: dict) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
-    return path
+    return write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
