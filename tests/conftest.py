@@ -10,7 +10,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def reference_fixtures_dir() -> Path:
-    return Path(os.environ.get("VTP_GEN_REFERENCE_FIXTURES", REPO_ROOT.parent / "shared" / "fixtures" / "reference"))
+    return Path(
+        os.environ.get("VTP_GEN_REFERENCE_FIXTURES", REPO_ROOT.parent / "shared" / "fixtures" / "reference")
+    )
 
 
 @pytest.fixture(scope="session")
@@ -47,6 +49,17 @@ FAULT_KIND_BY_TEST = {
     "test_a_full_disk_during_export_leaves_the_previous_export_whole": "disk faults",
 }
 _fault_passes: dict[str, int] = {}
+_kill_points: dict[str, int] = {}
+
+
+@pytest.fixture
+def kill_points():
+    """Kill tests call ``kill_points("stage 1")`` once per SIGKILL their run survived (then matched an uncut run)."""
+
+    def survived(step: str, count: int = 1) -> None:
+        _kill_points[step] = _kill_points.get(step, 0) + count
+
+    return survived
 
 
 def _fault_kind(item) -> str | None:
@@ -73,3 +86,6 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("fault injection: passed tests by kind")
         for kind, count in sorted(_fault_passes.items()):
             terminalreporter.write_line(f"{kind:26s} {count}")
+    if _kill_points:
+        by_step = ", ".join(f"{step} {n}" for step, n in sorted(_kill_points.items()))
+        terminalreporter.write_line(f"kill points survived: {sum(_kill_points.values())} ({by_step})")

@@ -29,7 +29,13 @@ def scribble(path):
 
 
 @pytest.mark.parametrize("damage", [truncate, scribble], ids=["truncated", "overwritten"])
-def test_a_damaged_last_checkpoint_falls_back_to_the_step_checkpoint(cache, uninterrupted, tmp_path, damage):  # noqa: F811
+def test_a_damaged_last_checkpoint_falls_back_to_the_step_checkpoint(
+    cache,  # noqa: F811 (the imported fixtures)
+    uninterrupted,  # noqa: F811
+    tmp_path,
+    damage,
+    kill_points,
+):
     overrides, checkpoints = killed_run(cache, tmp_path, "damaged")
     damage(checkpoints / "last.ckpt")
     rerun = run_stage2_subprocess(overrides)
@@ -37,9 +43,15 @@ def test_a_damaged_last_checkpoint_falls_back_to_the_step_checkpoint(cache, unin
     assert "last.ckpt is truncated or corrupt; trying an older one" in rerun.stderr
     assert "resuming from" in rerun.stdout and "step00000008.ckpt" in rerun.stdout
     assert_identical(final_state(tmp_path / "damaged"), uninterrupted)
+    kill_points("stage 2")
 
 
-def test_with_every_checkpoint_damaged_the_run_starts_over_and_still_matches(cache, uninterrupted, tmp_path):  # noqa: F811
+def test_with_every_checkpoint_damaged_the_run_starts_over_and_still_matches(
+    cache,  # noqa: F811 (the imported fixtures)
+    uninterrupted,  # noqa: F811
+    tmp_path,
+    kill_points,
+):
     overrides, checkpoints = killed_run(cache, tmp_path, "all_damaged")
     for path in checkpoints.glob("*.ckpt"):
         truncate(path)
@@ -48,3 +60,4 @@ def test_with_every_checkpoint_damaged_the_run_starts_over_and_still_matches(cac
     assert rerun.stderr.count("is truncated or corrupt") == 2
     assert "resuming from" not in rerun.stdout
     assert_identical(final_state(tmp_path / "all_damaged"), uninterrupted)
+    kill_points("stage 2")

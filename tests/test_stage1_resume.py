@@ -111,7 +111,20 @@ def checkpoint_state(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
 
 
-def test_sigkill_during_pretraining_then_rerun_ends_with_identical_weights(tmp_path):
+def assert_pretraining_identical(reference: Path, stage: Path, exported: str = "tokenizer") -> None:
+    """Everything in the last Lightning checkpoint (student, EMA teacher, DINO head, loss centres) and
+    the exported tokenizer of the resumed run equal the uninterrupted run's."""
+    difference = max_abs_difference(
+        checkpoint_state(reference / "checkpoints" / "last.ckpt"),
+        checkpoint_state(stage / "checkpoints" / "last.ckpt"),
+    )
+    print(f"max abs difference after SIGKILL + resume: {difference}")
+    assert difference == 0.0
+    weights = [load_file(str(s / exported / "model.safetensors")) for s in (reference, stage)]
+    assert max_abs_difference(*weights) == 0.0
+
+
+def test_sigkill_during_pretraining_then_rerun_ends_with_identical_weights(tmp_path, kill_points):
     extra = ["decoder_finetune.enabled=false"]
     run_to_end(command(tmp_path, "uninterrupted", extra))
     killed = command(tmp_path, "killed", extra)
@@ -121,22 +134,14 @@ def test_sigkill_during_pretraining_then_rerun_ends_with_identical_weights(tmp_p
     output = run_to_end(killed)
     assert "resuming pre-training from" in output
 
-    reference = tmp_path / "uninterrupted" / "stage1"
-    # Everything in the Lightning checkpoint: student, EMA teacher, DINO head, loss centres.
-    difference = max_abs_difference(
-        checkpoint_state(reference / "checkpoints" / "last.ckpt"),
-        checkpoint_state(stage / "checkpoints" / "last.ckpt"),
-    )
-    print(f"max abs difference after SIGKILL + resume: {difference}")
-    assert difference == 0.0
-    exported = [load_file(str(s / "tokenizer" / "model.safetensors")) for s in (reference, stage)]
-    assert max_abs_difference(*exported) == 0.0
+    assert_pretraining_identical(tmp_path / "uninterrupted" / "stage1", stage)
     # The curves keep the history from before the kill (a rerun of a finished run is tested in test_stage1_run).
     assert list((stage / "logs").glob("metrics.part*.csv"))
+    kill_points("stage 1")
 
 
 @pytest.mark.slow
-def test_repeated_sigkills_in_both_phases_end_with_identical_weights(tmp_path):
+def test_repeated_sigkills_in_both_phases_end_with_identical_weights(tmp_path, kill_points):
     extra = ["decoder_finetune.max_steps=6", "decoder_finetune.disc_start_step=2", "trainer.max_steps=10"]
     run_to_end(command(tmp_path, "uninterrupted", extra))
     killed = command(tmp_path, "killed", extra)
@@ -155,3 +160,4 @@ def test_repeated_sigkills_in_both_phases_end_with_identical_weights(tmp_path):
         )
     exported = [load_file(str(s / "tokenizer" / "model.safetensors")) for s in (reference, stage)]
     assert max_abs_difference(*exported) == 0.0
+    kill_points("stage 1", 3)

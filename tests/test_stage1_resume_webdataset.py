@@ -6,12 +6,10 @@ uninterrupted one, as on map-style data.
 """
 
 import pytest
-from safetensors.torch import load_file
 from test_stage1_resume import (
     _fashion_available,
-    checkpoint_state,
+    assert_pretraining_identical,
     command,
-    max_abs_difference,
     run_and_kill_when,
     run_to_end,
 )
@@ -24,7 +22,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def test_sigkill_on_a_webdataset_stream_then_rerun_ends_with_identical_weights(tmp_path):
+def test_sigkill_on_a_webdataset_stream_then_rerun_ends_with_identical_weights(tmp_path, kill_points):
     source = FashionMNIST(split="train", with_captions=True, max_samples=100)
     # 100 pairs in shards of 30, 30, 30, 10: the two workers' epochs differ in length (60 and 40).
     shards = shard_pattern(write_shards(source, tmp_path / "shards", shard_size=30, image_size=32))
@@ -45,12 +43,7 @@ def test_sigkill_on_a_webdataset_stream_then_rerun_ends_with_identical_weights(t
     run_and_kill_when(killed, stage / "checkpoints" / "step00000004.ckpt")
     output = run_to_end(killed)
     assert "resuming pre-training from" in output
-    reference = tmp_path / "uninterrupted" / "stage1"
-    difference = max_abs_difference(
-        checkpoint_state(reference / "checkpoints" / "last.ckpt"),
-        checkpoint_state(stage / "checkpoints" / "last.ckpt"),
+    assert_pretraining_identical(
+        tmp_path / "uninterrupted" / "stage1", stage, exported="pretrained_tokenizer"
     )
-    print(f"max abs difference after SIGKILL + resume on a webdataset stream: {difference}")
-    assert difference == 0.0
-    exported = [load_file(str(s / "pretrained_tokenizer" / "model.safetensors")) for s in (reference, stage)]
-    assert max_abs_difference(*exported) == 0.0
+    kill_points("stage 1")

@@ -63,20 +63,24 @@ def kill_and_rerun(cache: Path, out: Path, kill_at: int) -> dict:
     return final_state(out / f"killed{kill_at}")
 
 
-def test_kill_between_checkpoints_then_rerun_matches_uninterrupted(cache, uninterrupted, tmp_path):
+def test_kill_between_checkpoints_then_rerun_matches_uninterrupted(
+    cache, uninterrupted, tmp_path, kill_points
+):
     assert_identical(kill_and_rerun(cache, tmp_path, kill_at=6), uninterrupted)
+    kill_points("stage 2")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kill_at", [1, 4, 5, 8, 11])
-def test_kill_at_many_points(cache, uninterrupted, tmp_path, kill_at):
+def test_kill_at_many_points(cache, uninterrupted, tmp_path, kill_at, kill_points):
     # 1: before any checkpoint (restart from scratch); 4, 8: at a checkpoint step, before it is written
     # (Lightning runs checkpoint callbacks last), so the rerun starts from the previous one; 5: just after one.
     assert_identical(kill_and_rerun(cache, tmp_path, kill_at), uninterrupted)
+    kill_points("stage 2")
 
 
 @pytest.mark.slow
-def test_resume_with_gradient_accumulation(cache, tmp_path):
+def test_resume_with_gradient_accumulation(cache, tmp_path, kill_points):
     extra = ("trainer.accumulate_grad_batches=2",)
     straight = run_stage2_subprocess(tiny_overrides(tmp_path, "straight", cache, *extra))
     assert straight.returncode == 0, straight.stderr[-3000:]
@@ -84,6 +88,7 @@ def test_resume_with_gradient_accumulation(cache, tmp_path):
     assert run_stage2_subprocess(overrides, kill_at=6).returncode == -9
     assert run_stage2_subprocess(overrides).returncode == 0
     assert_identical(final_state(tmp_path / "killed"), final_state(tmp_path / "straight"))
+    kill_points("stage 2")
 
 
 def test_a_finished_run_continues_when_given_more_steps(cache, uninterrupted, tmp_path):

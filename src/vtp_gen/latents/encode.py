@@ -113,11 +113,11 @@ class LatentEncoder(L.LightningModule):
 class CacheDataModule(L.LightningDataModule):
     """Serves each rank the images of its share of the pending shards."""
 
-    # Ranks with no shard left (resume near the end) are expected, not an error.
-    allow_zero_length_dataloader_with_multiple_devices = True
-
     def __init__(self, dataset: Dataset, layout: ShardLayout, folder: str | Path, data_cfg: DataConfig):
         super().__init__()
+        # Ranks with no shard left (a resume near the end) are expected, not an error. An instance
+        # attribute: Lightning's DataHooks.__init__ sets it to False, hiding a class attribute.
+        self.allow_zero_length_dataloader_with_multiple_devices = True
         self.dataset = dataset
         self.layout = layout
         self.folder = Path(folder)
