@@ -5,7 +5,8 @@ Stage 2 is killed at step 10 (checkpoints at 4 and 8; `last.ckpt` and
 crash in the middle of a non-atomic copy would leave it, or overwritten with
 garbage: the rerun warns, resumes from `step00000008.ckpt` and ends identical
 to an uninterrupted run. With both damaged it warns twice and starts over,
-again ending identical (every draw is a function of the step).
+again ending identical (every draw is a function of the step). CI runs the
+truncated case; the other two run in `make test-faults` / `make test-slow`.
 """
 
 import pytest
@@ -28,7 +29,9 @@ def scribble(path):
     path.write_bytes(b"\x00garbage, not a checkpoint" * 100)
 
 
-@pytest.mark.parametrize("damage", [truncate, scribble], ids=["truncated", "overwritten"])
+@pytest.mark.parametrize(
+    "damage", [truncate, pytest.param(scribble, marks=pytest.mark.slow)], ids=["truncated", "overwritten"]
+)
 def test_a_damaged_last_checkpoint_falls_back_to_the_step_checkpoint(
     cache,  # noqa: F811 (the imported fixtures)
     uninterrupted,  # noqa: F811
@@ -46,6 +49,7 @@ def test_a_damaged_last_checkpoint_falls_back_to_the_step_checkpoint(
     kill_points("stage 2")
 
 
+@pytest.mark.slow
 def test_with_every_checkpoint_damaged_the_run_starts_over_and_still_matches(
     cache,  # noqa: F811 (the imported fixtures)
     uninterrupted,  # noqa: F811
