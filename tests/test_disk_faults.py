@@ -163,10 +163,11 @@ def test_a_full_disk_at_a_stage2_checkpoint_keeps_the_last_good_one(cache, unint
     # last.ckpt was not replaced: still the whole, readable step-4 checkpoint.
     assert torch.load(checkpoints / "last.ckpt", weights_only=True)["global_step"] == 4
     assert not temporary_files(tmp_path)
-    # With space again, the same command resumes and ends bit-identical to an uninterrupted run.
+    # With space again, the same command resumes from the newest complete checkpoint (step 8, not the
+    # older last.ckpt) and ends bit-identical to an uninterrupted run.
     rerun = limited_cli(NO_LIMIT, args)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert f"resuming from {checkpoints / 'last.ckpt'}" in rerun.stdout
+    assert f"resuming from {step8}" in rerun.stdout
     assert_identical(final_state(tmp_path / "full"), uninterrupted)
     assert not temporary_files(tmp_path)
 

@@ -46,12 +46,18 @@ def checkpoint_is_readable(path: Path) -> bool:
 
 
 def find_resume_checkpoint(checkpoint_dir: Path) -> Path | None:
-    """The newest readable checkpoint in ``checkpoint_dir`` (``last.ckpt`` first), warning about bad ones."""
+    """The newest readable checkpoint in ``checkpoint_dir``, warning about bad ones.
+
+    Newest by modification time, ``last.ckpt`` winning a tie (it is written
+    right after the step checkpoint of the same step). Not ``last.ckpt``
+    unconditionally: when the disk fills while ``last.ckpt`` is being replaced,
+    the step checkpoint written just before it is complete and newer.
+    """
     checkpoint_dir = Path(checkpoint_dir)
     if not checkpoint_dir.is_dir():
         return None
     candidates = sorted(
-        checkpoint_dir.glob("*.ckpt"), key=lambda p: (p.name != "last.ckpt", -p.stat().st_mtime)
+        checkpoint_dir.glob("*.ckpt"), key=lambda p: (-p.stat().st_mtime, p.name != "last.ckpt")
     )
     for path in candidates:
         if checkpoint_is_readable(path):
