@@ -33,6 +33,17 @@ class AccountsForData:
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.data_account.restore(checkpoint.get("data_issues", {}))
 
+    def final_data_account(self) -> dict:
+        """The account summed over ranks, after ``fit`` (a collective: every rank calls it).
+
+        ``on_train_end`` leaves it in ``data_totals``; a rerun whose checkpoint is
+        already at the last step skips the training loop, hook included, so the
+        restored account is summed here instead.
+        """
+        if self.data_totals is None:
+            self.data_totals = self.data_account.total().as_dict()
+        return self.data_totals
+
     def on_train_end(self) -> None:
         total = self.data_account.total()
         self.data_totals = total.as_dict()

@@ -176,18 +176,6 @@ def is_complete_tokenizer(directory: Path) -> bool:
     return (directory / "config.json").is_file() and (directory / "model.safetensors").is_file()
 
 
-def finished_data_account(system) -> dict:
-    """The phase's data account summed over ranks (every rank calls this).
-
-    ``on_train_end`` leaves it in ``data_totals``; a rerun whose checkpoint is
-    already at the last step skips the training loop, hook included, so the
-    restored account is summed here instead.
-    """
-    if system.data_totals is None:
-        system.data_totals = system.data_account.total().as_dict()
-    return system.data_totals
-
-
 # ---------------------------------------------------------------------- phases
 def set_aside_stale_finetune(folder: Path) -> None:
     """Pre-training is about to (re)train: a fine-tune made from an older encoder no longer applies.
@@ -231,7 +219,7 @@ def pretrain(cfg: DictConfig, folder: Path) -> VTPModel | None:
     trainer.fit(system, datamodule=datamodule, ckpt_path=resume)
     if trainer.global_step < cfg.trainer.max_steps:
         raise RuntimeError(f"pre-training stopped at step {trainer.global_step} of {cfg.trainer.max_steps}")
-    data = finished_data_account(system)
+    data = system.final_data_account()
     if trainer.is_global_zero:
         system.export_tokenizer(target)
         record_progress(
@@ -296,7 +284,7 @@ def finetune_decoder(cfg: DictConfig, folder: Path, model: VTPModel | None) -> N
         trainer.fit(system, datamodule=build_finetune_data(cfg), ckpt_path=resume)
     if system.finetune_step < ft.max_steps:
         raise RuntimeError(f"decoder fine-tune stopped at step {system.finetune_step} of {ft.max_steps}")
-    data = finished_data_account(system)
+    data = system.final_data_account()
     if trainer.is_global_zero:
         system.export_tokenizer(target)
         record_progress(
