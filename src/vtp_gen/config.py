@@ -22,6 +22,8 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
+from vtp_gen.utils.atomic import write_text_atomic
+
 
 class ConfigError(ValueError):
     """A recipe or override that does not fit its schema; the message says how to fix it."""
@@ -240,12 +242,7 @@ def _exists(cfg: DictConfig, dotted_key: str) -> bool:
 
 def save_config(cfg: DictConfig, path: str | Path) -> Path:
     """Write the resolved config as YAML (the record of what a run really used)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    tmp.replace(path)
-    return path
+    return write_text_atomic(path, OmegaConf.to_yaml(cfg, resolve=True))
 
 
 def to_dict(cfg: DictConfig) -> dict:

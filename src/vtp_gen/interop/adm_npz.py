@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vtp_gen.utils.atomic import atomic_output
+
 IMAGES_KEY = "arr_0"
 
 
@@ -61,10 +63,8 @@ def save_adm_npz(
         if arrays["sigma"].shape != (arrays["mu"].shape[0],) * 2:
             raise ValueError(f"sigma {arrays['sigma'].shape} does not match mu {arrays['mu'].shape}")
     arrays.update({k: np.asarray(v) for k, v in extra.items()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez adds no suffix
+        np.savez(f, **arrays)
     return path
 
 

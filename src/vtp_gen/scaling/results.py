@@ -16,6 +16,7 @@ import math
 from pathlib import Path
 
 from vtp_gen.metrics.report import read_metrics_json
+from vtp_gen.utils.atomic import atomic_output
 
 # Eval metric -> CSV column; percentages (stored as fractions in metrics.json) become percent here.
 METRIC_COLUMNS = {
@@ -121,16 +122,12 @@ def _format(value) -> str:
 
 def write_csv(rows: list[dict], path: Path) -> Path:
     """``COLUMNS`` in order (empty cells for what a point lacks, e.g. zero-shot without a text tower)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_output(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(COLUMNS)
         for row in rows:
             writer.writerow([_format(row.get(column)) for column in COLUMNS])
-    tmp.replace(path)
-    return path
+    return Path(path)
 
 
 def read_csv(path: Path) -> list[dict]:
