@@ -135,12 +135,17 @@ class LPIPSVGG(nn.Module):
         self.lpips.load_state_dict(state, strict=True)
         self.requires_grad_(False)
         self.eval()
+        # VGG in channels-last runs oneDNN's NHWC convolutions and pooling: measured 1.10x forward +
+        # backward at 4 x 128 px on the CPU (pooling alone 7x), gradients equal within 2e-6 relative.
+        self.to(memory_format=torch.channels_last)
 
     def train(self, mode: bool = True):
         # Always a fixed metric: nothing in it changes with train/eval mode, keep it in eval.
         return super().train(False)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        channels_last = torch.channels_last
+        x, y = x.contiguous(memory_format=channels_last), y.contiguous(memory_format=channels_last)
         return self.lpips(x, y).flatten()
 
 
