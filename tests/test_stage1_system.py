@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
@@ -184,6 +185,57 @@ def test_a_zero_weight_costs_nothing(preset, model_override, silent_module):
         assert not changed(recorder.before[0], recorder.after[-1], f"model.{silent_module}.")
         optimised = {id(p) for g in system.trainer.optimizers[0].param_groups for p in g["params"]}
         assert not any(id(p) in optimised for p in module.parameters())
+
+
+def test_one_student_forward_per_crop_size_equals_a_forward_per_objective():
+    # CLIP + SSL + AE with no stochastic depth (tiny.yaml): the CLIP images and the SSL global
+    # crops share one trunk forward, and reconstruction reuses the CLIP rows of its images.
+    cfg = stage1_config("vtp")
+    system, datamodule = make_system(cfg)
+    batch = datamodule.collate([CaptionedShapes()[i] for i in range(cfg.data.batch_size)])
+    reference = copy.deepcopy(system)  # the loss centres are state: each side starts from the same
+    step = 1
+
+    calls = []
+    trunk = system.model.trunk
+    forward_tokens = trunk.forward_tokens
+    trunk.forward_tokens = lambda images, *args, **kwargs: (
+        calls.append(tuple(images.shape[::2])) or forward_tokens(images, *args, **kwargs)
+    )
+    merged = system.compute_losses(batch, step)
+    merged["loss"].backward()
+
+    # The reference: every objective's inputs through the trunk on their own.
+    own = reference.model.trunk.encode_features
+    separate_features = {
+        "clip": own(batch["image"]),
+        "ssl_global": own(batch["global_crops"], masks=batch["masks"]),
+        "ssl_local": own(batch["local_crops"]),
+        "rec": own(batch["image"][batch["rec_indices"]]),
+    }
+    reference.student_features = lambda _batch: separate_features
+    separate = reference.compute_losses(batch, step)
+    separate["loss"].backward()
+
+    batch_size, global_crops = cfg.data.batch_size, batch["global_crops"].shape[0]
+    assert calls == [(batch_size + global_crops, 32), (batch["local_crops"].shape[0], 16)]
+    for name in ("clip_loss", "dino_loss", "ibot_loss", "koleo_loss", "rec_loss", "loss"):
+        torch.testing.assert_close(
+            merged[name], separate[name], rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}"
+        )
+    reference_params = dict(reference.named_parameters())
+    compared = 0
+    for name, parameter in system.named_parameters():
+        if parameter.grad is None:
+            assert reference_params[name].grad is None, name
+            continue
+        expected = reference_params[name].grad
+        scale = expected.abs().max().item()
+        torch.testing.assert_close(
+            parameter.grad, expected, rtol=1e-4, atol=1e-5 * scale + 1e-12, msg=lambda m, n=name: f"{n}: {m}"
+        )
+        compared += 1
+    assert compared > 20
 
 
 def test_teacher_is_the_scheduled_ema_of_the_student_and_schedules_are_applied():

@@ -4,8 +4,8 @@ import pytest
 import torch
 from timm.layers.pos_embed_sincos import RotaryEmbeddingDinoV3
 
-from vtp_gen.models.tokenizer import PixelDecoder, VisionEncoder, VTPModel, preset_config
-from vtp_gen.models.tokenizer.blocks import SelfAttentionBlock
+from vtp_gen.models.tokenizer import PixelDecoder, TrunkInput, VisionEncoder, VTPModel, preset_config
+from vtp_gen.models.tokenizer.blocks import SelfAttentionBlock, residual_on_batch_subset
 from vtp_gen.models.tokenizer.rope import AxialRopeEmbedding, apply_rope
 
 
@@ -82,6 +82,70 @@ def test_stochastic_depth_runs_branches_on_a_scaled_batch_subset():
     untouched = sorted(set(range(4)) - set(first.tolist()) - set(second.tolist()))
     for i in untouched:
         assert torch.equal(out[i], x[i])
+
+
+def test_per_segment_stochastic_depth_draws_each_segment_like_its_own_forward():
+    # A branch that adds 1 shows, row by row, who ran it and with which scale.
+    x = torch.zeros(10, 3, 4)
+    segments = ((4, 0.0), (6, 0.5), (0, 0.3))
+    torch.manual_seed(0)
+    out = residual_on_batch_subset(x, lambda t: torch.ones_like(t), segments)
+    added = out[:, 0, 0]
+    # Rate 0: every row, unscaled. Rate 0.5 over 6 rows: keep int(6 * 0.5) = 3 rows, scaled by 6 / 3.
+    assert added[:4].tolist() == [1.0] * 4
+    assert sorted(added[4:].tolist()) == [0.0, 0.0, 0.0, 2.0, 2.0, 2.0]
+    # The segment's rows are drawn by the same randperm a forward of its own would make.
+    torch.manual_seed(0)
+    assert set(torch.nonzero(added[4:]).flatten().tolist()) == set(torch.randperm(6)[:3].tolist())
+    with pytest.raises(ValueError, match="do not cover"):
+        residual_on_batch_subset(x, lambda t: t, ((4, 0.1), (5, 0.1)))
+
+
+def test_batched_trunk_forward_equals_separate_forwards_values_and_gradients():
+    encoder = tiny_encoder().train()
+    torch.manual_seed(1)
+    clip_images, global_crops = torch.randn(5, 3, 32, 32), torch.randn(4, 3, 32, 32)
+    local_crops = torch.randn(6, 3, 16, 16)
+    masks = torch.rand(4, 64) < 0.3
+    inputs = [TrunkInput(clip_images), TrunkInput(global_crops, masks), TrunkInput(local_crops)]
+
+    def loss_and_grads(features):
+        loss = sum(
+            (f.cls_token.square().sum() + f.patch_tokens.sin().sum()) * (i + 1)
+            for i, f in enumerate(features)
+        )
+        encoder.zero_grad(set_to_none=True)
+        loss.backward()
+        # (The bottleneck is not part of encode_features: no gradient there.)
+        grads = {n: p.grad.clone() for n, p in encoder.named_parameters() if p.grad is not None}
+        return [f.patch_tokens.detach() for f in features], grads
+
+    separate = [encoder.encode_features(item.images, item.masks) for item in inputs]
+    batched = encoder.encode_features_batched(inputs)
+    assert [f.patch_tokens.shape for f in batched] == [f.patch_tokens.shape for f in separate]
+    tokens_separate, grads_separate = loss_and_grads(separate)
+    tokens_batched, grads_batched = loss_and_grads(batched)
+    for a, b in zip(tokens_batched, tokens_separate):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    # mask_token, cls_token and every block weight: same gradients (the sums differ in rounding only).
+    assert grads_batched.keys() == grads_separate.keys() and "mask_token" in grads_batched
+    for name, grad in grads_separate.items():
+        scale = grad.abs().max().item()
+        torch.testing.assert_close(
+            grads_batched[name], grad, rtol=1e-4, atol=1e-5 * scale, msg=lambda m, n=name: f"{n}: {m}"
+        )
+
+
+def test_batched_trunk_forward_keeps_each_inputs_drop_path_rate():
+    encoder = tiny_encoder().train()
+    images = torch.randn(6, 3, 32, 32)
+    reference = encoder.encode_features(images).patch_tokens
+    torch.manual_seed(0)
+    undropped, dropped = encoder.encode_features_batched(
+        [TrunkInput(images, drop_path_rate=0.0), TrunkInput(images, drop_path_rate=0.75)]
+    )
+    torch.testing.assert_close(undropped.patch_tokens, reference, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(dropped.patch_tokens, reference, rtol=1e-3, atol=1e-3)
 
 
 def test_drop_path_rate_is_per_call_and_training_only():

@@ -5,8 +5,9 @@ pairs, the SSL views of a subset, the reconstruction subset) and computes
 
     L = lambda_clip * L_clip + lambda_ssl * L_ssl + lambda_rec * L_rec
 
-with one backward pass. Each objective runs its own encoder forward with its
-own stochastic-depth rate, on its own inputs:
+with one backward pass. Each objective has its own stochastic-depth rate and
+its own inputs; the student trunk runs them as one forward per image size
+(:meth:`TokenizerPretraining.student_features`):
 
 - CLIP: all B centre crops + captions, symmetric InfoNCE over the batch
   gathered across ranks (:class:`~vtp_gen.losses.CLIPLoss`);
@@ -15,7 +16,8 @@ own stochastic-depth rate, on its own inputs:
   feeds both the DINO loss (CLS) and the iBOT loss (masked patches), plus
   KoLeo on the student's global CLS tokens (DINOv2);
 - reconstruction: the subset's centre crops through encoder, bottleneck and
-  pixel decoder, L1 + LPIPS.
+  pixel decoder, L1 + LPIPS (the trunk outputs are the CLIP forward's rows
+  when neither objective drops paths).
 
 An objective with weight 0 is switched off completely: its forward never runs,
 the collate makes no inputs for it, and the parameters only it uses (text
@@ -47,7 +49,15 @@ from vtp_gen.losses import (
     iBOTPatchLoss,
     schedules,
 )
-from vtp_gen.models.tokenizer import DINOHead, VTPModel, ema_update, make_ema_teacher
+from vtp_gen.models.tokenizer import (
+    DINOHead,
+    EncoderFeatures,
+    TrunkInput,
+    VTPModel,
+    ema_update,
+    make_ema_teacher,
+)
+from vtp_gen.models.tokenizer.encoder import check_image_grid
 from vtp_gen.systems.data_accounting import AccountsForData
 from vtp_gen.systems.nonfinite import step_was_skipped
 from vtp_gen.systems.optim import apply_schedule, build_adamw
@@ -183,15 +193,47 @@ class TokenizerPretraining(AccountsForData, L.LightningModule):
         )
 
     # ------------------------------------------------------------------ objectives
-    def clip_objective(self, images: Tensor, text_tokens: Tensor) -> dict[str, Tensor]:
-        features = self.model.trunk.encode_features(images, drop_path_rate=self.objectives.drop_path_clip)
+    def student_features(self, batch: dict) -> dict[str, EncoderFeatures]:
+        """Every student trunk output the step needs: ``clip``, ``ssl_global``, ``ssl_local``, ``rec``.
+
+        The inputs go through the trunk as one forward per image size
+        (``encode_features_batched``): CLIP images and SSL global crops share a
+        pass when their sizes match, each keeping its own stochastic-depth rate.
+        The reconstruction images are a subset of the CLIP images, so when
+        neither objective drops paths their trunk outputs are the CLIP ones,
+        indexed, instead of a second forward of the same images.
+        """
+        obj = self.objectives
+        inputs: dict[str, TrunkInput] = {}
+        if self.clip_on:
+            inputs["clip"] = TrunkInput(batch["image"], None, obj.drop_path_clip)
+        if self.ssl_on:
+            inputs["ssl_global"] = TrunkInput(batch["global_crops"], batch["masks"], obj.drop_path_ssl)
+            if batch["local_crops"].shape[0]:
+                inputs["ssl_local"] = TrunkInput(batch["local_crops"], None, obj.drop_path_ssl)
+        rec_reuses_clip = self.clip_on and obj.drop_path_clip == 0 and obj.drop_path_rec == 0
+        if self.rec_on and not rec_reuses_clip:
+            inputs["rec"] = TrunkInput(batch["image"][batch["rec_indices"]], None, obj.drop_path_rec)
+        features = dict(zip(inputs, self.model.trunk.encode_features_batched(list(inputs.values()))))
+        if self.rec_on and rec_reuses_clip:
+            clip, rows = features["clip"], batch["rec_indices"]
+            features["rec"] = EncoderFeatures(clip.cls_token[rows], clip.patch_tokens[rows])
+        return features
+
+    def clip_objective(self, features: EncoderFeatures, text_tokens: Tensor) -> dict[str, Tensor]:
         image_embedding = self.model.clip_image_embedding(features, normalize=True)
         text_embedding = self.model.encode_text(text_tokens, normalize=True)
         return {"loss": self.clip_loss(image_embedding, text_embedding, self.model.logit_scale)}
 
-    def ssl_objective(self, batch: dict, teacher_temp: float) -> dict[str, Tensor]:
-        global_crops, local_crops = batch["global_crops"], batch["local_crops"]
-        masks, mask_indices = batch["masks"], batch["mask_indices"]
+    def ssl_objective(
+        self,
+        batch: dict,
+        teacher_temp: float,
+        student_global: EncoderFeatures,
+        student_local: EncoderFeatures | None,
+    ) -> dict[str, Tensor]:
+        """DINO + iBOT + KoLeo from the student's features of the global (masked) and local crops."""
+        global_crops, mask_indices, masks = batch["global_crops"], batch["mask_indices"], batch["masks"]
         head = self.dino_head
         # Teacher: one forward of the unmasked global crops, shared by DINO (CLS) and iBOT (patches).
         with torch.no_grad():
@@ -200,11 +242,9 @@ class TokenizerPretraining(AccountsForData, L.LightningModule):
             teacher_out = self.teacher["head"](torch.cat([teacher_features.cls_token, teacher_patches]))
             teacher_cls, teacher_masked = teacher_out.split([global_crops.shape[0], teacher_patches.shape[0]])
 
-        rate = self.objectives.drop_path_ssl
-        student_global = self.model.trunk.encode_features(global_crops, masks=masks, drop_path_rate=rate)
         student_cls = [student_global.cls_token]
-        if local_crops.shape[0]:
-            student_cls.append(self.model.trunk.encode_features(local_crops, drop_path_rate=rate).cls_token)
+        if student_local is not None:
+            student_cls.append(student_local.cls_token)
         student_patches = student_global.patch_tokens.flatten(0, 1)[mask_indices]
         # One head call for every token that needs it.
         student_out = head(torch.cat([*student_cls, student_patches]))
@@ -223,10 +263,11 @@ class TokenizerPretraining(AccountsForData, L.LightningModule):
         loss = ssl.dino_weight * dino + ssl.ibot_weight * ibot + ssl.koleo_weight * koleo
         return {"loss": loss, "dino": dino.detach(), "ibot": ibot.detach(), "koleo": koleo.detach()}
 
-    def reconstruction_objective(self, images: Tensor) -> dict[str, Tensor]:
-        rate = self.objectives.drop_path_rec
-        latents = self.model.encode_latents(images, drop_path_rate=rate)
-        reconstruction = self.model.decode(latents, drop_path_rate=rate)
+    def reconstruction_objective(self, images: Tensor, features: EncoderFeatures) -> dict[str, Tensor]:
+        """L1 (+ LPIPS) of the pixel decoder's reconstruction from ``features`` (the trunk's, of ``images``)."""
+        trunk = self.model.trunk
+        latents = trunk.to_latents(features.patch_tokens, check_image_grid(images, trunk.patch_size))
+        reconstruction = self.model.decode(latents, drop_path_rate=self.objectives.drop_path_rec)
         return self.rec_loss(reconstruction, images)
 
     def compute_losses(self, batch: dict, step: int) -> dict[str, Tensor]:
@@ -239,12 +280,15 @@ class TokenizerPretraining(AccountsForData, L.LightningModule):
             nonlocal total
             total = weight * value if total is None else total + weight * value
 
+        student = self.student_features(batch)
         if self.clip_on:
-            clip = self.clip_objective(batch["image"], batch["text_tokens"])
+            clip = self.clip_objective(student["clip"], batch["text_tokens"])
             add(obj.lambda_clip, clip["loss"])
             out["clip_loss"] = clip["loss"].detach()
         if self.ssl_on:
-            ssl = self.ssl_objective(batch, self.teacher_temperature(step))
+            ssl = self.ssl_objective(
+                batch, self.teacher_temperature(step), student["ssl_global"], student.get("ssl_local")
+            )
             add(obj.lambda_ssl, ssl["loss"])
             out.update(
                 ssl_loss=ssl["loss"].detach(),
@@ -253,7 +297,7 @@ class TokenizerPretraining(AccountsForData, L.LightningModule):
                 koleo_loss=ssl["koleo"],
             )
         if self.rec_on:
-            rec = self.reconstruction_objective(batch["image"][batch["rec_indices"]])
+            rec = self.reconstruction_objective(batch["image"][batch["rec_indices"]], student["rec"])
             add(obj.lambda_rec, rec["loss"])
             out["rec_loss"] = rec["loss"].detach()
             out["rec_l1"] = rec["l1"]

@@ -7,7 +7,7 @@ Importing this package registers the presets (``vtp-tiny``, ``vtp-s``,
 from vtp_gen.models.tokenizer import presets  # noqa: F401  (registers the presets)
 from vtp_gen.models.tokenizer.config import VTPConfig
 from vtp_gen.models.tokenizer.decoder import PixelDecoder
-from vtp_gen.models.tokenizer.encoder import EncoderFeatures, VisionEncoder
+from vtp_gen.models.tokenizer.encoder import EncoderFeatures, TrunkInput, VisionEncoder
 from vtp_gen.models.tokenizer.heads import DINOHead, ema_update, make_ema_teacher
 from vtp_gen.models.tokenizer.model import CheckpointMismatchError, VTPModel
 from vtp_gen.models.tokenizer.presets import count_parameters, preset_config
@@ -19,6 +19,7 @@ __all__ = [
     "EncoderFeatures",
     "PixelDecoder",
     "TextTower",
+    "TrunkInput",
     "VTPConfig",
     "VTPModel",
     "VisionEncoder",

@@ -17,7 +17,7 @@ import torch.utils.checkpoint
 from timm.layers import LayerScale, Mlp
 from torch import Tensor, nn
 
-from vtp_gen.models.tokenizer.rope import apply_rope
+from vtp_gen.models.tokenizer.rope import RopeTables, rotate
 
 
 def build_norm(kind: str, dim: int) -> nn.Module:
@@ -76,35 +76,85 @@ class RopeSelfAttention(nn.Module):
         self.k_norm = nn.RMSNorm(self.head_dim, eps=1e-5) if use_qk_norm else nn.Identity()
         self.proj = nn.Linear(dim, dim, bias=proj_bias)
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    def forward(self, x: Tensor, rope: RopeTables | None = None) -> Tensor:
         batch, tokens, dim = x.shape
-        q, k, v = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k = self.q_norm(q), self.k_norm(k)
-        if rope is not None:
-            q, k = apply_rope(q, k, *rope)
+        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        if rope is not None and isinstance(self.q_norm, nn.Identity) and isinstance(self.k_norm, nn.Identity):
+            # q and k are neighbours in qkv: one rotation of both halves the elementwise calls. (split,
+            # not slicing: its backward is one concatenation instead of zero-filled full-size grads.)
+            qk, v = qkv.split([2, 1])
+            (q, k), v = rotate(qk, rope).unbind(0), v.squeeze(0)
+        else:
+            q, k, v = qkv
+            q, k = self.q_norm(q), self.k_norm(k)
+            if rope is not None:
+                q, k = rotate(q, rope), rotate(k, rope)
         out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))
 
 
-def residual_on_batch_subset(x: Tensor, branch: Callable[[Tensor], Tensor], drop_rate: float) -> Tensor:
+# Stochastic depth of one forward: one rate for the whole batch, or ``((rows, rate), ...)`` in batch
+# order for a batch concatenated from several forwards that each have their own rate.
+DropPathRate = float | tuple[tuple[int, float], ...]
+
+
+def drop_path_segments(rate: DropPathRate, batch: int) -> tuple[tuple[int, float], ...]:
+    """``rate`` as ``((rows, rate), ...)`` covering the batch; a plain rate is one segment."""
+    if isinstance(rate, (int, float)):
+        return ((batch, float(rate)),)
+    segments = tuple((int(rows), float(segment_rate)) for rows, segment_rate in rate)
+    if sum(rows for rows, _ in segments) != batch:
+        raise ValueError(f"drop-path segments {segments} do not cover a batch of {batch}")
+    return segments
+
+
+def drops_any_path(rate: DropPathRate) -> bool:
+    if isinstance(rate, (int, float)):
+        return rate > 0.0
+    return any(segment_rate > 0.0 and rows for rows, segment_rate in rate)
+
+
+def residual_on_batch_subset(
+    x: Tensor, branch: Callable[[Tensor], Tensor], drop_rate: DropPathRate
+) -> Tensor:
     """Stochastic depth the DINOv2/VTP way: run the branch on a random subset of the batch only.
 
     ``keep = max(int(B * (1 - rate)), 1)`` samples get ``x + B/keep * branch(x)``,
     the others pass unchanged; unlike per-sample DropPath this saves the compute
     of the dropped samples. (The reference additionally balances ``keep`` across
     DDP ranks; per rank the expectation is the same.)
+
+    With per-segment rates each segment draws its own subset with its own
+    ``keep`` and scale, exactly as if it were a forward of its own; segments
+    with rate 0 keep every row.
     """
-    batch = x.shape[0]
-    keep = max(int(batch * (1 - drop_rate)), 1)
-    indices = torch.randperm(batch, device=x.device)[:keep]
-    return torch.index_add(x, 0, indices, branch(x[indices]).to(x.dtype), alpha=batch / keep)
+    segments = drop_path_segments(drop_rate, x.shape[0])
+    if len(segments) == 1:
+        batch, rate = segments[0]
+        keep = max(int(batch * (1 - rate)), 1)
+        indices = torch.randperm(batch, device=x.device)[:keep]
+        return torch.index_add(x, 0, indices, branch(x[indices]).to(x.dtype), alpha=batch / keep)
+    kept, scales, start = [], [], 0
+    for rows, rate in segments:
+        if rows and rate > 0.0:
+            keep = max(int(rows * (1 - rate)), 1)
+            kept.append(torch.randperm(rows, device=x.device)[:keep] + start)
+            scales.append(torch.full((keep,), rows / keep, device=x.device, dtype=x.dtype))
+        elif rows:
+            kept.append(torch.arange(start, start + rows, device=x.device))
+            scales.append(torch.ones(rows, device=x.device, dtype=x.dtype))
+        start += rows
+    indices, scale = torch.cat(kept), torch.cat(scales)
+    update = branch(x[indices]).to(x.dtype) * scale.view(-1, *([1] * (x.dim() - 1)))
+    return torch.index_add(x, 0, indices, update)
 
 
 class SelfAttentionBlock(nn.Module):
     """Pre-norm block: x + ls1(attn(norm1(x))), then x + ls2(ffn(norm2(x))).
 
     ``drop_path_rate`` is chosen per call (e.g. separate rates for the CLIP, SSL
-    and reconstruction forwards) and only acts in training mode.
+    and reconstruction forwards, or per segment of a batch that concatenates
+    them) and only acts in training mode.
     """
 
     def __init__(
@@ -133,7 +183,7 @@ class SelfAttentionBlock(nn.Module):
         self.ls2 = LayerScale(dim, init_values=layerscale_init) if layerscale_init else nn.Identity()
 
     def forward(
-        self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None, drop_path_rate: float = 0.0
+        self, x: Tensor, rope: RopeTables | None = None, drop_path_rate: DropPathRate = 0.0
     ) -> Tensor:
         def attention_branch(t: Tensor) -> Tensor:
             return self.ls1(self.attn(self.norm1(t), rope=rope))
@@ -141,7 +191,7 @@ class SelfAttentionBlock(nn.Module):
         def ffn_branch(t: Tensor) -> Tensor:
             return self.ls2(self.mlp(self.norm2(t)))
 
-        if self.training and drop_path_rate > 0.0:
+        if self.training and drops_any_path(drop_path_rate):
             x = residual_on_batch_subset(x, attention_branch, drop_path_rate)
             return residual_on_batch_subset(x, ffn_branch, drop_path_rate)
         x = x + attention_branch(x)
@@ -152,7 +202,7 @@ def run_blocks(
     blocks: nn.ModuleList,
     tokens: Tensor,
     rope,
-    drop_path_rate: float,
+    drop_path_rate: DropPathRate,
     checkpointing: bool,
     keep: tuple[int, ...] = (),
 ) -> tuple[Tensor, list[Tensor]]:

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from vtp_gen.models.tokenizer.blocks import SelfAttentionBlock, build_norm, run_blocks
-from vtp_gen.models.tokenizer.rope import AxialRopeEmbedding
+from vtp_gen.models.tokenizer.rope import AxialRopeEmbedding, rope_tables
 
 
 class PixelDecoder(nn.Module):
@@ -80,7 +80,7 @@ class PixelDecoder(nn.Module):
             )
         batch, _, rows, cols = latents.shape
         tokens = self.proj_in(latents).flatten(2).transpose(1, 2)
-        rope = self.rope_embed(rows, cols)
+        rope = rope_tables(*self.rope_embed(rows, cols), tokens.shape[1])
         rate = self.drop_path_rate if drop_path_rate is None else drop_path_rate
         tokens, _ = run_blocks(self.blocks, tokens, rope, rate, self.grad_checkpointing)
         tokens = self.norm(tokens)

@@ -9,14 +9,21 @@ the official ``trunk.*`` tensors.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
 from timm.layers import PatchEmbed
 from torch import Tensor, nn
 
-from vtp_gen.models.tokenizer.blocks import SelfAttentionBlock, build_norm, run_blocks
-from vtp_gen.models.tokenizer.rope import AxialRopeEmbedding
+from vtp_gen.models.tokenizer.blocks import (
+    DropPathRate,
+    SelfAttentionBlock,
+    build_norm,
+    drops_any_path,
+    run_blocks,
+)
+from vtp_gen.models.tokenizer.rope import AxialRopeEmbedding, rope_tables
 
 
 class EncoderFeatures(NamedTuple):
@@ -24,6 +31,14 @@ class EncoderFeatures(NamedTuple):
 
     cls_token: Tensor
     patch_tokens: Tensor
+
+
+class TrunkInput(NamedTuple):
+    """One ``encode_features`` call: images, optional iBOT masks, its stochastic-depth rate."""
+
+    images: Tensor
+    masks: Tensor | None = None
+    drop_path_rate: float = 0.0
 
 
 def check_image_grid(images: Tensor, patch_size: int) -> tuple[int, int]:
@@ -158,32 +173,77 @@ class VisionEncoder(nn.Module):
         self,
         images: Tensor,
         masks: Tensor | None = None,
-        drop_path_rate: float | None = None,
+        drop_path_rate: DropPathRate | None = None,
         keep_blocks: tuple[int, ...] = (),
     ) -> tuple[Tensor, tuple[int, int], list[Tensor]]:
         """Pre-norm tokens after the last block (B, 1+R+N, D), the patch grid, and the
         pre-norm outputs of the blocks listed in ``keep_blocks`` (in block order)."""
         tokens, grid = self.prepare_tokens(images, masks)
-        rope = self.rope_embed(*grid)  # for the actual grid: global and local crops differ
+        # For the actual grid (global and local crops differ), laid out once for every block.
+        rope = rope_tables(*self.rope_embed(*grid), tokens.shape[1])
         rate = self.drop_path_rate if drop_path_rate is None else drop_path_rate
         tokens, kept = run_blocks(self.blocks, tokens, rope, rate, self.grad_checkpointing, keep_blocks)
         return tokens, grid, kept
 
     # ---------------------------------------------------------------- features
     def encode_features(
-        self, images: Tensor, masks: Tensor | None = None, drop_path_rate: float | None = None
+        self, images: Tensor, masks: Tensor | None = None, drop_path_rate: DropPathRate | None = None
     ) -> EncoderFeatures:
         """Final-normed CLS (B, D) and patch tokens (B, N, D), without the bottleneck.
 
         ``masks`` (bool, B x N) marks patches replaced by the mask token (iBOT);
         ``drop_path_rate`` overrides the stochastic-depth rate for this call
-        (only active in training mode).
+        (only active in training mode): one rate, or ``((rows, rate), ...)``
+        for a batch concatenated from forwards with different rates.
         """
         tokens, _, _ = self.forward_tokens(images, masks, drop_path_rate)
         normed = self.norm(tokens)
         return EncoderFeatures(normed[:, 0], normed[:, self.num_prefix_tokens :])
 
     forward = encode_features
+
+    def encode_features_batched(self, inputs: Sequence[TrunkInput]) -> list[EncoderFeatures]:
+        """``encode_features`` of every input, run as one forward per image size.
+
+        Rows never interact inside the trunk (attention stays within an image,
+        and each input's rows draw their own stochastic-depth subsets, see
+        ``drop_path_segments``), so a concatenation of same-sized inputs computes
+        what separate calls compute, as fewer and larger matrix products. The
+        stage-1 step sends its CLIP images, SSL global crops and, when needed,
+        reconstruction images through here together.
+        """
+        results: list[EncoderFeatures | None] = [None] * len(inputs)
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for index, item in enumerate(inputs):
+            by_size.setdefault(tuple(item.images.shape[-2:]), []).append(index)
+        for members in by_size.values():
+            group = [inputs[index] for index in members]
+            if len(group) == 1:
+                item = group[0]
+                results[members[0]] = self.encode_features(item.images, item.masks, item.drop_path_rate)
+                continue
+            images = torch.cat([item.images for item in group])
+            masks = None
+            if any(item.masks is not None for item in group):
+                rows, cols = check_image_grid(images, self.patch_size)
+                masks = torch.cat(
+                    [
+                        item.masks
+                        if item.masks is not None
+                        else torch.zeros(
+                            item.images.shape[0], rows * cols, dtype=torch.bool, device=images.device
+                        )
+                        for item in group
+                    ]
+                )
+            sizes = [item.images.shape[0] for item in group]
+            segments = tuple(zip(sizes, (float(item.drop_path_rate) for item in group)))
+            features = self.encode_features(images, masks, segments if drops_any_path(segments) else 0.0)
+            cls_parts = features.cls_token.split(sizes)
+            patch_parts = features.patch_tokens.split(sizes)
+            for index, cls_token, patch_tokens in zip(members, cls_parts, patch_parts):
+                results[index] = EncoderFeatures(cls_token, patch_tokens)
+        return results
 
     def bottleneck(self, tokens: Tensor) -> Tensor:
         """Linear D -> C without bias on (..., D) tokens; identity when the model has no bottleneck."""

@@ -12,6 +12,7 @@ float32 equals timm's (tested).
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -60,34 +61,53 @@ def rotate_half(x: Tensor) -> Tensor:
     return torch.cat([-second, first], dim=-1)
 
 
-def apply_rope(q: Tensor, k: Tensor, sin: Tensor, cos: Tensor) -> tuple[Tensor, Tensor]:
-    """Rotate the last ``sin.shape[-2]`` tokens of q and k (B, heads, N, D); earlier ones (CLS, registers) pass.
+class RopeTables(NamedTuple):
+    """A grid's rotation laid out for a whole token sequence, made once per forward.
 
-    The rotation runs in the tables' dtype and the result is cast back, which is
-    what makes the official bf16 numbers reproducible.
-
-    Computed as ``t * cos + roll(t, D/2) * signed_sin`` over all tokens, with the
-    prefix tokens given angle 0 (cos 1, sin 0) and the sign of rotate-half folded
-    into the sin table: the same products and sums as ``t * cos + rotate_half(t) * sin``
-    on the patch tokens (bit-identical outputs and gradients), without slicing the
-    prefix off and concatenating it back, which copied q and k (measured 1.2-1.4x
-    faster forward + backward on CPU, e.g. 17.5 -> 12.2 ms at 64 x 4 heads x 65 tokens).
+    ``cos`` and ``signed_sin`` are (tokens, D): prefix tokens (CLS, registers) get
+    angle 0 (cos 1, sin 0), and the sign of rotate-half is folded into the sin
+    table, so every block rotates with two products and a sum (:func:`rotate`).
     """
-    num_prefix = q.shape[-2] - sin.shape[-2]
+
+    cos: Tensor
+    signed_sin: Tensor
+
+
+def rope_tables(sin: Tensor, cos: Tensor, num_tokens: int) -> RopeTables:
+    """Tables for a sequence of ``num_tokens`` whose last ``sin.shape[-2]`` tokens are the patches."""
+    num_prefix = num_tokens - sin.shape[-2]
     if num_prefix < 0:
         raise ValueError(
-            f"RoPE table has {sin.shape[-2]} positions but the sequence only {q.shape[-2]} tokens"
+            f"RoPE table has {sin.shape[-2]} positions but the sequence only {num_tokens} tokens"
         )
     if num_prefix:
         sin = torch.cat([sin.new_zeros(num_prefix, sin.shape[-1]), sin])
         cos = torch.cat([cos.new_ones(num_prefix, cos.shape[-1]), cos])
     half = sin.shape[-1] // 2
     # rotate_half(t) * sin == roll(t, half) * [-sin_first_half, sin_second_half]
-    signed_sin = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)
+    return RopeTables(cos, torch.cat([-sin[..., :half], sin[..., half:]], dim=-1))
 
-    def rotate(t: Tensor) -> Tensor:
-        original_dtype = t.dtype
-        t = t.to(sin.dtype)
-        return (t * cos + t.roll(half, dims=-1) * signed_sin).to(original_dtype)
 
-    return rotate(q), rotate(k)
+def rotate(t: Tensor, tables: RopeTables) -> Tensor:
+    """RoPE on (..., tokens, D) in the tables' dtype, cast back to ``t``'s dtype.
+
+    ``t * cos + roll(t, D/2) * signed_sin`` over all tokens is the same products
+    and sums as ``t * cos + rotate_half(t) * sin`` on the patch tokens
+    (bit-identical outputs and gradients), without slicing the prefix off and
+    concatenating it back, which copied q and k (measured 1.2-1.4x faster
+    forward + backward on CPU, e.g. 17.5 -> 12.2 ms at 64 x 4 heads x 65 tokens).
+    Running in the tables' dtype is what makes the official bf16 numbers
+    reproducible.
+    """
+    if t.shape[-2] != tables.cos.shape[-2]:
+        raise ValueError(f"RoPE tables cover {tables.cos.shape[-2]} tokens, the input has {t.shape[-2]}")
+    original_dtype = t.dtype
+    t = t.to(tables.cos.dtype)
+    half = t.shape[-1] // 2
+    return (t * tables.cos + t.roll(half, dims=-1) * tables.signed_sin).to(original_dtype)
+
+
+def apply_rope(q: Tensor, k: Tensor, sin: Tensor, cos: Tensor) -> tuple[Tensor, Tensor]:
+    """Rotate the last ``sin.shape[-2]`` tokens of q and k (B, heads, N, D); earlier ones (CLS, registers) pass."""
+    tables = rope_tables(sin, cos, q.shape[-2])
+    return rotate(q, tables), rotate(k, tables)
