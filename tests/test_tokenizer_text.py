@@ -1,5 +1,7 @@
 """CLIP BPE tokenizer and the text tower's input handling."""
 
+import copy
+
 import pytest
 import torch
 
@@ -55,3 +57,45 @@ def test_text_input_errors():
     bidirectional = text_tower(text_no_causal_mask=True)
     with pytest.raises(ValueError, match="padding would change"):
         bidirectional.encode(torch.zeros(1, 6, dtype=torch.long))
+
+
+def test_causal_blocks_compute_what_openclips_attention_computes():
+    from open_clip.transformer import ResidualAttentionBlock
+
+    from vtp_gen.models.tokenizer.text import CausalSelfAttentionBlock
+
+    config = preset_config("vtp-tiny")
+    torch.manual_seed(0)
+    fast = TextTower.from_config(config)
+    assert all(type(block) is CausalSelfAttentionBlock for block in fast.transformer.resblocks)
+    plain = copy.deepcopy(fast)
+    for block in plain.transformer.resblocks:
+        block.__class__ = ResidualAttentionBlock
+    tokens = torch.randint(1, 49000, (6, config.text_context_length))
+    tokens[:, 9] = 49407  # end of text: argmax pooling reads this position
+
+    def features_and_grads(tower):
+        features = tower.encode(tokens)
+        features.square().sum().backward()
+        return features.detach(), {n: p.grad for n, p in tower.named_parameters() if p.grad is not None}
+
+    fast_features, fast_grads = features_and_grads(fast)
+    plain_features, plain_grads = features_and_grads(plain)
+    torch.testing.assert_close(fast_features, plain_features, rtol=1e-5, atol=1e-6)
+    assert fast_grads.keys() == plain_grads.keys() and len(fast_grads) > 10
+    for name, grad in plain_grads.items():
+        scale = grad.abs().max().item()
+        torch.testing.assert_close(fast_grads[name], grad, rtol=1e-4, atol=1e-5 * scale + 1e-12)
+    # Causality itself: changing a later token leaves earlier positions' features alone.
+    later = tokens.clone()
+    later[:, 20] = 7
+    with torch.no_grad():
+        assert torch.equal(fast.encode(later), fast.encode(tokens))
+
+
+def test_bidirectional_towers_keep_openclips_blocks():
+    from open_clip.transformer import ResidualAttentionBlock
+
+    config = preset_config("vtp-tiny", text_no_causal_mask=True)
+    tower = TextTower.from_config(config)
+    assert all(type(block) is ResidualAttentionBlock for block in tower.transformer.resblocks)
