@@ -162,3 +162,28 @@ def test_quick_suite_runs_every_group_and_writes_the_json_schema(tmp_path):
     assert by_name["stage2/tiny/step"]["flops_per_call"] > 0
     assert {t["workload"] for t in record["targets"]} >= {"stage1/tiny/step_all", "caching/tiny/cache_loop"}
     assert "stage1/tiny" in done.stdout and "targets" in done.stdout
+
+
+@pytest.mark.slow
+def test_gpu_script_dry_run_compiles_the_stage1_step(tmp_path):
+    """The GPU MFU script end to end on CPU stand-ins, stage-1 eager and regionally compiled.
+
+    Guards the compiled path that only a lent GPU would otherwise exercise: an inductor stride
+    assertion once broke it (q and k rotated as one split of qkv) while every eager test passed.
+    """
+    out = tmp_path / "gpu.json"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, str(BENCH_DIR / "gpu_mfu.py"), "--dry-run", "--only", "stage1/B", "--out", str(out)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    groups = {g["name"]: g for g in json.loads(out.read_text())["groups"]}
+    assert set(groups) == {"gpu/stage1/B/eager", "gpu/stage1/B/compiled"}
+    for group in groups.values():
+        assert group["status"] == "ok", group.get("reason")
+    assert "step_all_compiled" in done.stdout

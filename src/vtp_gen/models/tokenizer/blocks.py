@@ -78,17 +78,12 @@ class RopeSelfAttention(nn.Module):
 
     def forward(self, x: Tensor, rope: RopeTables | None = None) -> Tensor:
         batch, tokens, dim = x.shape
-        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        if rope is not None and isinstance(self.q_norm, nn.Identity) and isinstance(self.k_norm, nn.Identity):
-            # q and k are neighbours in qkv: one rotation of both halves the elementwise calls. (split,
-            # not slicing: its backward is one concatenation instead of zero-filled full-size grads.)
-            qk, v = qkv.split([2, 1])
-            (q, k), v = rotate(qk, rope).unbind(0), v.squeeze(0)
-        else:
-            q, k, v = qkv
-            q, k = self.q_norm(q), self.k_norm(k)
-            if rope is not None:
-                q, k = rotate(q, rope), rotate(k, rope)
+        q, k, v = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            # (Rotating q and k in one call, as a split of qkv, saved a few elementwise calls but
+            # trips an inductor stride assertion under torch.compile; the tables are shared anyway.)
+            q, k = rotate(q, rope), rotate(k, rope)
         out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))
 
