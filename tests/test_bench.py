@@ -114,18 +114,24 @@ WORKLOAD_KEYS = {
 }  # fmt: skip
 
 
-def test_quick_suite_runs_every_group_and_writes_the_json_schema(tmp_path):
-    out = tmp_path / "bench.json"
+def run_bench_script(script: str, *args: str) -> subprocess.CompletedProcess:
+    """``bench/<script> args`` offline in a subprocess, as a user runs it; fails the test on a non-zero exit."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     done = subprocess.run(
-        [sys.executable, str(BENCH_DIR / "run.py"), "--quick", "--threads", "1", "--out", str(out)],
+        [sys.executable, str(BENCH_DIR / script), *args],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=900,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def test_quick_suite_runs_every_group_and_writes_the_json_schema(tmp_path):
+    out = tmp_path / "bench.json"
+    done = run_bench_script("run.py", "--quick", "--threads", "1", "--out", str(out))
     record = json.loads(out.read_text())
     assert record["schema"] == "vtp_gen.bench/1"
     assert record["settings"]["quick"] is True
@@ -172,16 +178,7 @@ def test_gpu_script_dry_run_compiles_the_stage1_step(tmp_path):
     assertion once broke it (q and k rotated as one split of qkv) while every eager test passed.
     """
     out = tmp_path / "gpu.json"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    done = subprocess.run(
-        [sys.executable, str(BENCH_DIR / "gpu_mfu.py"), "--dry-run", "--only", "stage1/B", "--out", str(out)],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    done = run_bench_script("gpu_mfu.py", "--dry-run", "--only", "stage1/B", "--out", str(out))
     groups = {g["name"]: g for g in json.loads(out.read_text())["groups"]}
     assert set(groups) == {"gpu/stage1/B/eager", "gpu/stage1/B/compiled"}
     for group in groups.values():
