@@ -56,11 +56,6 @@ class AxialRopeEmbedding(nn.Module):
         return torch.sin(angles), torch.cos(angles)
 
 
-def rotate_half(x: Tensor) -> Tensor:
-    first, second = x.chunk(2, dim=-1)
-    return torch.cat([-second, first], dim=-1)
-
-
 class RopeTables(NamedTuple):
     """A grid's rotation laid out for a whole token sequence, made once per forward.
 
@@ -84,6 +79,7 @@ def rope_tables(sin: Tensor, cos: Tensor, num_tokens: int) -> RopeTables:
         sin = torch.cat([sin.new_zeros(num_prefix, sin.shape[-1]), sin])
         cos = torch.cat([cos.new_ones(num_prefix, cos.shape[-1]), cos])
     half = sin.shape[-1] // 2
+    # rotate_half(t) = [-t_second_half, t_first_half] (the reference convention), hence
     # rotate_half(t) * sin == roll(t, half) * [-sin_first_half, sin_second_half]
     return RopeTables(cos, torch.cat([-sin[..., :half], sin[..., half:]], dim=-1))
 
