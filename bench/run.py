@@ -24,6 +24,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch  # noqa: E402
+from vtp_bench.attention import attention_group  # noqa: E402
 from vtp_bench.caching import caching_group  # noqa: E402
 from vtp_bench.features import fid_features_group  # noqa: E402
 from vtp_bench.report import (  # noqa: E402
@@ -57,6 +58,7 @@ def suite_groups(suite: str) -> list[Group]:
             stage2_step_group("tiny"),
             sampling_group("tiny"),
             fid_features_group("tiny"),
+            attention_group("quick"),
         ]
     if suite == "cpu":
         return [
@@ -73,6 +75,7 @@ def suite_groups(suite: str) -> list[Group]:
             sampling_group("tiny", nfe_settings=(10,)),
             sampling_group("small-B", nfe_settings=(5,)),
             fid_features_group("cpu"),
+            attention_group("cpu"),
         ]
     if suite == "gpu":
         return [

@@ -13,6 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vtp_gen.models.attention import dot_product_attention
+
 
 def modulate(x: torch.Tensor, shift: torch.Tensor | None, scale: torch.Tensor) -> torch.Tensor:
     """adaLN modulation of a token sequence (B, N, D) by per-sample (B, D) vectors.
@@ -118,7 +120,7 @@ class Attention(nn.Module):
         q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = rope(q), rope(k)
-        x = F.scaled_dot_product_attention(q, k, v)
+        x = dot_product_attention(q, k, v)
         return self.proj(x.transpose(1, 2).reshape(batch, tokens, dim))
 
 

@@ -17,6 +17,7 @@ import torch.utils.checkpoint
 from timm.layers import LayerScale, Mlp
 from torch import Tensor, nn
 
+from vtp_gen.models.attention import dot_product_attention
 from vtp_gen.models.tokenizer.rope import RopeTables, rotate
 
 
@@ -84,7 +85,7 @@ class RopeSelfAttention(nn.Module):
             # (Rotating q and k in one call, as a split of qkv, saved a few elementwise calls but
             # trips an inductor stride assertion under torch.compile; the tables are shared anyway.)
             q, k = rotate(q, rope), rotate(k, rope)
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))
 
 
