@@ -32,7 +32,9 @@ def test_explicit_path_matches_sdpa_values_and_gradients(shape, is_causal):
     q, k, v = qkv(*shape)
     assert prefers_explicit_attention(q, k)
     upstream = torch.randn(shape)
-    ours, our_grads = values_and_grads(lambda *t: dot_product_attention(*t, is_causal=is_causal), q, k, v, upstream)
+    ours, our_grads = values_and_grads(
+        lambda *t: dot_product_attention(*t, is_causal=is_causal), q, k, v, upstream
+    )
     ref, ref_grads = values_and_grads(
         lambda *t: F.scaled_dot_product_attention(*t, is_causal=is_causal), q, k, v, upstream
     )

@@ -72,7 +72,9 @@ class TwoOptimizers(LinearRegression):
             optimizer.step()
 
     def configure_optimizers(self):
-        return torch.optim.SGD(self.layer.parameters(), lr=0.1), torch.optim.SGD(self.other.parameters(), lr=0.1)
+        return torch.optim.SGD(self.layer.parameters(), lr=0.1), torch.optim.SGD(
+            self.other.parameters(), lr=0.1
+        )
 
 
 def test_progress_bar_counts_batches_not_optimiser_steps(tmp_path):

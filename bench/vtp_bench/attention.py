@@ -63,7 +63,9 @@ def attention_group(setting: str) -> Group:
                     baseline=base,
                     notes=f"{'x'.join(map(str, shape))}{' causal' if causal else ''}: {path}",
                 ),
-                Workload(name=base, step=sdpa, items=batch, unit="seq", notes="F.scaled_dot_product_attention"),
+                Workload(
+                    name=base, step=sdpa, items=batch, unit="seq", notes="F.scaled_dot_product_attention"
+                ),
             ]
         return workloads
 
