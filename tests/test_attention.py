@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from vtp_gen.models import attention
-from vtp_gen.models.attention import dot_product_attention, prefers_explicit_attention
+from vtp_gen.models.attention import dot_product_attention, prefers_explicit_attention, split_heads
 from vtp_gen.models.generators.layers import Attention
 from vtp_gen.models.tokenizer.blocks import RopeSelfAttention
 from vtp_gen.models.tokenizer.rope import AxialRopeEmbedding, rope_tables
@@ -79,3 +79,17 @@ def test_model_attention_layers_agree_on_both_paths(monkeypatch):
         fused = layer()
         monkeypatch.setattr(attention, "EXPLICIT_MAX_TOKENS", 128)
         torch.testing.assert_close(explicit, fused, rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_split_heads_is_the_usual_permute_in_values_and_gradients():
+    torch.manual_seed(0)
+    batch, tokens, heads, head_dim = 3, 7, 4, 8
+    qkv = torch.randn(batch, tokens, 3 * heads * head_dim, requires_grad=True)
+    upstream = [torch.randn(batch, heads, tokens, head_dim) for _ in range(3)]
+    ours = split_heads(qkv, heads)
+    ours_grad = torch.autograd.grad(ours, qkv, upstream)[0]
+    usual = qkv.reshape(batch, tokens, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    usual_grad = torch.autograd.grad(usual, qkv, upstream)[0]
+    for mine, theirs in zip(ours, usual):
+        assert torch.equal(mine, theirs)
+    assert torch.equal(ours_grad, usual_grad)

@@ -17,7 +17,7 @@ import torch.utils.checkpoint
 from timm.layers import LayerScale, Mlp
 from torch import Tensor, nn
 
-from vtp_gen.models.attention import dot_product_attention
+from vtp_gen.models.attention import dot_product_attention, split_heads
 from vtp_gen.models.tokenizer.rope import RopeTables, rotate
 
 
@@ -79,7 +79,7 @@ class RopeSelfAttention(nn.Module):
 
     def forward(self, x: Tensor, rope: RopeTables | None = None) -> Tensor:
         batch, tokens, dim = x.shape
-        q, k, v = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = split_heads(self.qkv(x), self.num_heads)
         q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             # (Rotating q and k in one call, as a split of qkv, saved a few elementwise calls but

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from open_clip.transformer import LayerNorm, QuickGELU, ResidualAttentionBlock, TextTransformer
 from torch import Tensor, nn
 
-from vtp_gen.models.attention import dot_product_attention
+from vtp_gen.models.attention import dot_product_attention, split_heads
 from vtp_gen.models.tokenizer.config import VTPConfig
 
 # Our name (under the model's ``text`` attribute) -> official top-level name.
@@ -47,7 +47,7 @@ class CausalSelfAttentionBlock(ResidualAttentionBlock):
         batch, tokens, width = q_x.shape
         heads = attn.num_heads
         qkv = F.linear(q_x, attn.in_proj_weight, attn.in_proj_bias)
-        q, k, v = qkv.view(batch, tokens, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
+        q, k, v = split_heads(qkv, heads)
         out = dot_product_attention(q, k, v, is_causal=True)
         return attn.out_proj(out.transpose(1, 2).reshape(batch, tokens, width))
 
