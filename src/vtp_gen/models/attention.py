@@ -7,9 +7,11 @@ most :data:`EXPLICIT_MAX_TOKENS` tokens, where it computes
 ``softmax(q k^T / sqrt(D)) v`` with two batched matmuls instead.
 
 Why: torch's CPU flash kernel works in query/key blocks sized for long
-sequences; at the token counts of the CPU recipes (17-65 image tokens, 32 text
-tokens) its blocking and recomputation cost more than the whole score matrix.
-Forward + backward measured on the 2-core development machine (best of 5):
+sequences and recomputes the scores in the backward; at the token counts of
+the CPU recipes (17-65 image tokens, 32 text tokens) it barely gains from a
+second thread (1.35x from 1 to 2 threads), while two large batched matmuls
+do (2.1x). Forward + backward on the 2-core development machine, 2 threads
+(best of 5; ``make bench ARGS="--only attention"`` measures it):
 
 =====================  =========  ========  ======
 B x heads x tokens x D  flash, ms  ours, ms  gain
@@ -23,6 +25,7 @@ B x heads x tokens x D  flash, ms  ours, ms  gain
 72 x 4 x 257 x 16        69.26    151.41    0.46x
 =====================  =========  ========  ======
 
+With one thread the two are about even (0.91-1.18x at the same shapes).
 Past ~145 tokens the score matrix outgrows the caches and flash wins, hence
 the cut at 128. GPUs, bf16 (the official-checkpoint conformance path) and long
 sequences always take the fused kernel. Both paths compute the same attention:
