@@ -138,7 +138,7 @@ def test_quick_suite_runs_every_group_and_writes_the_json_schema(tmp_path):
     assert record["machine"]["torch_threads"] == 1
     names = {g["name"] for g in record["groups"]}
     assert {"stage1/tiny", "towers/tiny", "decoder_finetune/tiny", "caching/tiny", "stage2/tiny"} <= names
-    assert {"sampling/tiny", "fid_features/tiny"} <= names
+    assert {"sampling/tiny", "fid_features/tiny", "attention/quick"} <= names
     for group in record["groups"]:
         assert group["status"] in ("ok", "skipped"), group.get("reason")
         if group["status"] == "skipped":
@@ -166,6 +166,12 @@ def test_quick_suite_runs_every_group_and_writes_the_json_schema(tmp_path):
         > by_name["stage1/tiny/timm_vit_fwd_bwd"]["flops_per_call"]
     )
     assert by_name["stage2/tiny/step"]["flops_per_call"] > 0
+    # The short-sequence attention path is on in step_all and off in its variant: SDPA's CPU kernel
+    # recomputes the scores in the backward, so the variant counts more FLOPs for the same step.
+    flops = {name: w["flops_per_call"] for name, w in by_name.items()}
+    assert flops["stage1/tiny/step_all_sdpa_only"] > flops["stage1/tiny/step_all"]
+    assert flops["attention/quick/tiny_trunk_sdpa"] > flops["attention/quick/tiny_trunk"]
+    assert flops["attention/quick/long_257_sdpa"] == flops["attention/quick/long_257"]  # same kernel
     assert {t["workload"] for t in record["targets"]} >= {"stage1/tiny/step_all", "caching/tiny/cache_loop"}
     assert "stage1/tiny" in done.stdout and "targets" in done.stdout
 

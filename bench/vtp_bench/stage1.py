@@ -211,6 +211,23 @@ class PretrainingStep:
         return compile_regions(self.system, transformer_block_types())
 
 
+class WithFusedAttentionOnly:
+    """Runs ``step`` with the short-sequence attention path switched off (SDPA for every length)."""
+
+    def __init__(self, step: PretrainingStep) -> None:
+        self.step = step
+
+    def __call__(self) -> None:
+        from vtp_gen.models import attention
+
+        saved = attention.EXPLICIT_MAX_TOKENS
+        attention.EXPLICIT_MAX_TOKENS = 0
+        try:
+            self.step()
+        finally:
+            attention.EXPLICIT_MAX_TOKENS = saved
+
+
 def transformer_block_types() -> tuple[type, ...]:
     from open_clip.transformer import ResidualAttentionBlock
     from timm.models.vision_transformer import Block
@@ -320,6 +337,22 @@ def stage1_step_group(
                         notes="step_all with optim.fused=true (one fused AdamW kernel)",
                     )
                 )
+        if "all" in objectives and not settings.on_gpu:
+            # The same step with every attention on SDPA's fused kernel: what the short-sequence
+            # CPU path of vtp_gen.models.attention gains inside the whole step.
+            all_step = next(w.step for w in workloads if w.name == f"stage1/{setting}/step_all")
+            workloads.append(
+                Workload(
+                    name=f"stage1/{setting}/step_all_sdpa_only",
+                    step=WithFusedAttentionOnly(all_step),
+                    items=all_step.batch_size,
+                    baseline=f"stage1/{setting}/step_all",
+                    compare="throughput",
+                    tracked=(all_step.system, all_step.optimizer),
+                    params=all_step.trainable_parameters(),
+                    notes="step_all with EXPLICIT_MAX_TOKENS=0 (torch's SDPA for every sequence)",
+                )
+            )
         if "all" in objectives and with_collate:
             cfg = load_stage1_config(setting, batch_size=batch_size)
             from vtp_gen.systems.stage1_run import build_pretraining_data, build_tokenizer
