@@ -33,7 +33,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from vtp_bench.suite import Group, Settings, Workload, compile_regions, count_parameters, prepare
+from vtp_bench.suite import Group, Settings, Workload, count_parameters, prepare
+from vtp_gen.utils.compile import compile_blocks
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY_RECIPE = REPO_ROOT / "configs" / "stage1" / "tiny.yaml"
@@ -208,7 +209,7 @@ class PretrainingStep:
 
     def compile(self) -> int:
         """Regional ``torch.compile`` of every transformer block (encoder, teacher, decoder, text tower)."""
-        return compile_regions(self.system, transformer_block_types())
+        return compile_blocks(self.system, transformer_block_types())
 
 
 class WithFusedAttentionOnly:
@@ -229,12 +230,12 @@ class WithFusedAttentionOnly:
 
 
 def transformer_block_types() -> tuple[type, ...]:
-    from open_clip.transformer import ResidualAttentionBlock
+    """Ours (the training recipe's regional compile) plus timm's, for the baselines."""
     from timm.models.vision_transformer import Block
 
-    from vtp_gen.models.tokenizer.blocks import SelfAttentionBlock
+    from vtp_gen.systems.stage1_run import tokenizer_block_types
 
-    return (SelfAttentionBlock, ResidualAttentionBlock, Block)
+    return (*tokenizer_block_types(), Block)
 
 
 def timm_vit_like(trunk: nn.Module, image_size: int) -> nn.Module:
@@ -269,7 +270,7 @@ class ForwardBackward:
         out.float().mean().backward()
 
     def compile(self) -> int:
-        return compile_regions(self.module, transformer_block_types())
+        return compile_blocks(self.module, transformer_block_types())
 
 
 def _images(batch_size: int, image_size: int, device: torch.device) -> torch.Tensor:

@@ -86,21 +86,6 @@ class Group:
     tags: tuple[str, ...] = ()
 
 
-def compile_regions(module: torch.nn.Module, block_types: tuple[type, ...]) -> int:
-    """``torch.compile`` every submodule of ``block_types`` in place (regional compilation); returns how many.
-
-    Repeated transformer blocks share one compiled graph per input shape, so
-    compiling blocks costs a fraction of compiling a whole model, and the code
-    around them (losses, data plumbing, Python control flow) stays eager.
-    """
-    count = 0
-    for submodule in module.modules():
-        if isinstance(submodule, block_types):
-            submodule.compile()
-            count += 1
-    return count
-
-
 def prepare(step, settings: Settings) -> int | None:
     """With ``settings.compile``: count the eager step's FLOPs (the counter does not see into compiled
     graphs), then ``step.compile()``. Returns the count for ``Workload.flops`` (None: count later)."""

@@ -72,6 +72,7 @@ class TrainerConfig:
     log_every_n_steps: int = 10
     checkpoint_every_n_steps: int = 200
     progress_bar: bool = True
+    # torch.compile: stage 2 the whole generator, stage 1 each transformer block (regional).
     compile: bool = False
     # Optimiser steps with NaN/Inf gradients are skipped; this many in a row stop the run.
     max_nonfinite_steps: int = 5

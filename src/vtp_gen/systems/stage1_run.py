@@ -47,6 +47,7 @@ from vtp_gen.systems.decoder_finetune import OPTIMIZER_STEPS_PER_STEP, DecoderFi
 from vtp_gen.systems.stage1_data import Stage1Collate, Stage1DataModule, derive_seed
 from vtp_gen.systems.tokenizer_pretraining import TokenizerPretraining
 from vtp_gen.systems.trainer import build_trainer, csv_logs, find_resume_checkpoint, keep_csv_history
+from vtp_gen.utils.compile import compile_blocks
 from vtp_gen.utils.plots import plot_loss_curves, read_metrics
 from vtp_gen.utils.run_dir import prepare_run_dir, write_json_atomic
 
@@ -143,18 +144,36 @@ def build_finetune_data(cfg: DictConfig, dataset=None) -> Stage1DataModule:
     )
 
 
+def tokenizer_block_types() -> tuple[type, ...]:
+    """The transformer blocks of the encoder, pixel decoder and text tower: FSDP's and compile's unit."""
+    from open_clip.transformer import ResidualAttentionBlock
+
+    from vtp_gen.models.tokenizer.blocks import SelfAttentionBlock
+
+    return (SelfAttentionBlock, ResidualAttentionBlock)
+
+
 def resolve_strategy(name: str):
     """``fsdp`` shards per transformer block (encoder, decoder and text tower blocks); other names pass through."""
     if name != "fsdp":
         return name
     from lightning.pytorch.strategies import FSDPStrategy
-    from open_clip.transformer import ResidualAttentionBlock
-
-    from vtp_gen.models.tokenizer.blocks import SelfAttentionBlock
 
     # use_orig_params keeps the per-parameter names the EMA teacher update and the
     # no-decay parameter groups rely on.
-    return FSDPStrategy(auto_wrap_policy={SelfAttentionBlock, ResidualAttentionBlock}, use_orig_params=True)
+    return FSDPStrategy(auto_wrap_policy=set(tokenizer_block_types()), use_orig_params=True)
+
+
+def maybe_compile(cfg: DictConfig, system: L.LightningModule, phase: str) -> None:
+    """With ``trainer.compile``: regional ``torch.compile`` of the system's transformer blocks.
+
+    Off by default. On the 2-core CPU the tiny step ran 1.09x faster after 24 s
+    of compilation, which 400 steps do not repay (docs/performance.md); on a
+    GPU, ``bench/gpu_mfu.py`` measures the same regional compile of VTP-B/L.
+    """
+    if cfg.trainer.compile:
+        count = compile_blocks(system, tokenizer_block_types())
+        print(f"stage1: {phase}: torch.compile on {count} transformer blocks (compiled at their first call)")
 
 
 def trainer_config(cfg: DictConfig, **changes) -> TrainerConfig:
@@ -207,6 +226,7 @@ def pretrain(cfg: DictConfig, folder: Path) -> VTPModel | None:
     system = TokenizerPretraining(
         model, cfg.objectives, cfg.ssl, cfg.optim, total_steps=cfg.trainer.max_steps, seed=cfg.run.seed
     )
+    maybe_compile(cfg, system, "pre-training")
     datamodule = build_pretraining_data(cfg, model)
     resume = find_resume_checkpoint(folder / "checkpoints")
     if resume is not None:
@@ -256,6 +276,7 @@ def finetune_decoder(cfg: DictConfig, folder: Path, model: VTPModel | None) -> N
             channels=ft.disc_channels, n_layers=ft.disc_layers, norm=ft.disc_norm
         )
     system = DecoderFinetune(model, discriminator, ft)
+    maybe_compile(cfg, system, "decoder fine-tune")
     phase_folder = folder / "decoder_finetune"
     resume = find_resume_checkpoint(phase_folder / "checkpoints")
     if resume is not None:
@@ -488,10 +509,6 @@ def run(cfg: DictConfig) -> dict | None:
         print(f"stage1: already complete in {folder} (tokenizer: {folder / 'tokenizer'}); nothing to do.")
         print(f"stage1: {summary_line(metrics)}")
         return metrics
-    if cfg.trainer.compile:
-        # Three input shapes per step (centre crops, global and local crops) and per-step subsets
-        # would recompile constantly; stage 1 runs eagerly.
-        warnings.warn("trainer.compile is ignored by stage 1", stacklevel=2)
     L.seed_everything(cfg.run.seed, workers=True, verbose=False)
     model = pretrain(cfg, folder)
     finetune_decoder(cfg, folder, model)
