@@ -129,6 +129,55 @@ def run_bench_script(script: str, *args: str) -> subprocess.CompletedProcess:
     return done
 
 
+def test_block_calls_group_into_tower_forwards(bench):
+    from vtp_bench.replay import BlockCall, TowerForward, group_forwards
+
+    def call(tower, index, batch, tokens=65, grad=True):
+        return BlockCall(tower, index, 64, 4, batch, tokens, grad)
+
+    calls = [call("t", 0, 8), call("t", 1, 8), call("t", 0, 4, 17), call("t", 1, 4, 17), call("d", 0, 2)]
+    assert group_forwards(calls) == [
+        TowerForward("t", 64, 4, 8, 65, 2, True),
+        TowerForward("t", 64, 4, 4, 17, 2, True),
+        TowerForward("d", 64, 4, 2, 65, 1, True),
+    ]
+    # The same tower again from block 0 with other autograd state is another forward.
+    assert len(group_forwards([call("t", 0, 8), call("t", 0, 8, grad=False)])) == 2
+    with pytest.raises(ValueError, match="does not continue"):
+        group_forwards([call("t", 1, 8)])
+
+
+def test_same_calls_replay_covers_every_tower_of_the_stage1_step(bench):
+    from vtp_bench.replay import SameCallsReplay, record_forwards
+    from vtp_bench.stage1 import PretrainingStep, load_stage1_config, perceptual_network
+    from vtp_bench.suite import Settings
+
+    settings = Settings(device=torch.device("cpu"))
+    cfg = load_stage1_config("tiny", batch_size=8)
+    step = PretrainingStep(cfg, settings, perceptual_network(settings.device)[0])
+    forwards = record_forwards(step)
+    model = step.system.model
+    depths = {
+        "model.trunk.blocks": len(model.trunk.blocks),
+        "teacher.trunk.blocks": len(model.trunk.blocks),
+        "model.pixel_decoder.blocks": len(model.pixel_decoder.blocks),
+        "model.text.transformer.resblocks": len(model.text.transformer.resblocks),
+    }
+    assert {f.tower for f in forwards} == set(depths)
+    for f in forwards:
+        assert f.depth == depths[f.tower], f
+        # Only the EMA teacher runs without autograd.
+        assert f.grad == (not f.tower.startswith("teacher")), f
+    grid_tokens = (cfg.data.image_size // model.trunk.patch_size) ** 2
+    assert any(f.tower == "model.trunk.blocks" and f.tokens == grid_tokens + 1 for f in forwards)
+    replay = SameCallsReplay(forwards, settings.device, settings)
+    replay()
+    for name, blocks in replay.towers.items():
+        has_grads = all(p.grad is not None for p in blocks.parameters())
+        assert has_grads == (not name.startswith("teacher")), name
+    assert "teacher.trunk" in replay.describe() and "*" in replay.describe()
+
+
 def test_quick_suite_runs_every_group_and_writes_the_json_schema(tmp_path):
     out = tmp_path / "bench.json"
     done = run_bench_script("run.py", "--quick", "--threads", "1", "--out", str(out))
@@ -172,6 +221,9 @@ def test_quick_suite_runs_every_group_and_writes_the_json_schema(tmp_path):
     assert flops["stage1/tiny/step_all_sdpa_only"] > flops["stage1/tiny/step_all"]
     assert flops["attention/quick/tiny_trunk_sdpa"] > flops["attention/quick/tiny_trunk"]
     assert flops["attention/quick/long_257_sdpa"] == flops["attention/quick/long_257"]  # same kernel
+    # timm's blocks on the step's own block calls: the transformer part of the step's work.
+    assert 0.5 < flops["stage1/tiny/timm_same_calls"] / flops["stage1/tiny/step_all"] < 1.1
+    assert by_name["stage1/tiny/step_all_vs_same_calls"]["baseline"] == "stage1/tiny/timm_same_calls"
     assert {t["workload"] for t in record["targets"]} >= {"stage1/tiny/step_all", "caching/tiny/cache_loop"}
     assert "stage1/tiny" in done.stdout and "targets" in done.stdout
 

@@ -33,6 +33,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from vtp_bench.replay import SameCallsReplay, record_forwards
 from vtp_bench.suite import Group, Settings, Workload, count_parameters, prepare
 from vtp_gen.utils.compile import compile_blocks
 
@@ -283,8 +284,12 @@ def stage1_step_group(
     objectives: tuple[str, ...] = tuple(OBJECTIVES),
     with_collate: bool = True,
     fused_adamw_variant: bool = True,
+    same_calls_baseline: bool = True,
 ) -> Group:
     """Pre-training steps per objective, the collate, and timm's ViT of the trunk's size (fwd+bwd).
+
+    ``same_calls_baseline`` adds timm blocks replaying the all-objectives step's own transformer
+    calls (:mod:`vtp_bench.replay`) and that step timed again beside them.
 
     ``fused_adamw_variant`` adds the all-objectives step with ``optim.fused=true``, compared with the
     configured step (profiling showed torch's default per-parameter AdamW loop at ~8% of the small-B
@@ -301,6 +306,9 @@ def stage1_step_group(
         for objective in objectives:
             cfg = load_stage1_config(setting, OBJECTIVES[objective], batch_size)
             step = PretrainingStep(cfg, settings, perceptual)
+            if objective == "all" and same_calls_baseline:
+                # Before any compile: the hooks must see the eager blocks.
+                replayed = record_forwards(step)
             flops = prepare(step, settings)
             trunk = step.system.model.trunk
             trunk_params = count_parameters(trunk)
@@ -338,6 +346,32 @@ def stage1_step_group(
                         notes="step_all with optim.fused=true (one fused AdamW kernel)",
                     )
                 )
+        if "all" in objectives and same_calls_baseline:
+            all_workload = next(w for w in workloads if w.name == f"stage1/{setting}/step_all")
+            replay = SameCallsReplay(replayed, device, settings)
+            replay_name = f"stage1/{setting}/timm_same_calls"
+            workloads += [
+                Workload(
+                    name=replay_name,
+                    step=replay,
+                    items=all_workload.items,
+                    flops=prepare(replay, settings),
+                    tracked=(replay.towers,),
+                    params=count_parameters(replay.towers),
+                    notes=f"timm Blocks on step_all's own block calls (batch x tokens): {replay.describe()}",
+                ),
+                Workload(
+                    name=f"stage1/{setting}/step_all_vs_same_calls",
+                    step=all_workload.step,
+                    items=all_workload.items,
+                    baseline=replay_name,
+                    compare="flop_rate",
+                    tracked=all_workload.tracked,
+                    flops=all_workload.flops,
+                    params=all_workload.params,
+                    notes="step_all timed again beside timm_same_calls: the gap that is not the shapes",
+                ),
+            ]
         if "all" in objectives and not settings.on_gpu:
             # The same step with every attention on SDPA's fused kernel: what the short-sequence
             # CPU path of vtp_gen.models.attention gains inside the whole step.
