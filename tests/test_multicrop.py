@@ -13,7 +13,7 @@ from vtp_gen.data.multicrop import (
     MultiCropCollate,
     to_uint8_image,
 )
-from vtp_gen.data.transforms import normalize
+from vtp_gen.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
 
 G, L, N_LOCAL, PATCH = 32, 16, 3, 4
 
@@ -72,10 +72,10 @@ def test_same_seed_same_batch_other_seed_other_batch():
 
 
 class _Fill:
-    """A deterministic stand-in for the random pipelines: resize, then to model space."""
+    """A deterministic stand-in for the random geometry: resize (uint8 stays uint8)."""
 
     def __init__(self, size):
-        self.t = v2.Compose([v2.Resize((size, size)), v2.ToDtype(torch.float32, scale=True)])
+        self.t = v2.Resize((size, size))
 
     def __call__(self, x):
         return self.t(x)
@@ -85,7 +85,7 @@ def _constant_images_collate(**kwargs):
     collate = _collate(**kwargs)
     aug = collate.augmentation
     aug.global_geometry, aug.local_geometry = _Fill(G), _Fill(L)
-    aug.global_1 = aug.global_2 = aug.local = lambda x: x
+    aug.global_1 = aug.global_2 = aug.local = lambda x: x.float() / 255  # colour step: none
     return collate
 
 
@@ -157,29 +157,40 @@ def test_crops_of_a_real_photo_are_normalised_and_varied():
 
 def test_recipe_probabilities_follow_dinov2():
     aug = MultiCropAugmentation(G, L, N_LOCAL)
-
-    def applied(pipeline, kind):
-        found = []
-        for t in pipeline.transforms:
-            if isinstance(t, v2.RandomApply) and any(isinstance(s, kind) for s in t.transforms):
-                found.append(t.p)
-            elif isinstance(t, kind):
-                found.append(getattr(t, "p", 1.0))
-        return found
-
-    assert applied(aug.global_1, v2.GaussianBlur) == [1.0]
-    assert applied(aug.global_2, v2.GaussianBlur) == [0.1]
-    assert applied(aug.local, v2.GaussianBlur) == [0.5]
-    assert applied(aug.global_2, v2.RandomSolarize) == [0.2]
-    assert applied(aug.global_1, v2.RandomSolarize) == applied(aug.local, v2.RandomSolarize) == []
-    for pipeline in (aug.global_1, aug.global_2, aug.local):
-        assert applied(pipeline, v2.ColorJitter) == [0.8]
-        assert applied(pipeline, v2.RandomGrayscale) == [0.2]
+    assert [c.blur_p for c in (aug.global_1, aug.global_2, aug.local)] == [1.0, 0.1, 0.5]
+    assert [c.solarize_p for c in (aug.global_1, aug.global_2, aug.local)] == [0.0, 0.2, 0.0]
+    for colour in (aug.global_1, aug.global_2, aug.local):
+        assert colour.jitter_p == 0.8 and colour.grayscale_p == 0.2
+        # ColorJitter(0.4, 0.4, 0.2, 0.1): brightness, contrast, saturation, hue ranges.
+        assert colour.ranges == ((0.6, 1.4), (0.6, 1.4), (0.8, 1.2), (-0.1, 0.1))
+        assert colour.blur_sigma == (0.1, 2.0) and colour.blur_kernel_size == 9
+        assert colour.mean == list(IMAGENET_MEAN) and colour.std == list(IMAGENET_STD)
     reproduction = MultiCropAugmentation(G, L, N_LOCAL, blur_probabilities=DINOV2_EFFECTIVE_BLUR)
-    assert applied(reproduction.global_1, v2.GaussianBlur) == [0.0]
-    assert applied(reproduction.global_2, v2.GaussianBlur) == [0.9]
+    assert [c.blur_p for c in (reproduction.global_1, reproduction.global_2, reproduction.local)] == [
+        0.0,
+        0.9,
+        0.5,
+    ]
     assert aug.global_geometry.transforms[0].scale == (0.32, 1.0)
     assert aug.local_geometry.transforms[0].scale == (0.05, 0.32)
+
+
+def test_batch_crops_equal_the_single_image_views_in_crop_major_order():
+    images = [_photo_like(i) for i in range(3)]
+    aug = MultiCropAugmentation(G, L, N_LOCAL)
+    torch.manual_seed(5)
+    batched = aug.batch_crops(images)
+    assert batched["global_crops"].shape == (6, 3, G, G) and batched["local_crops"].shape == (9, 3, L, L)
+    # Without randomness in the colour step, view k of image i sits at row k * N + i.
+    aug.global_1 = aug.global_2 = aug.local = lambda x: x.float()
+    aug.global_geometry, aug.local_geometry = _Fill(G), _Fill(L)
+    batched = aug.batch_crops(images)
+    for i, image in enumerate(images):
+        single = aug.crops(image)
+        for k in range(2):
+            torch.testing.assert_close(batched["global_crops"][k * 3 + i], single["global_crops"][k])
+        for k in range(N_LOCAL):
+            torch.testing.assert_close(batched["local_crops"][k * 3 + i], single["local_crops"][k])
 
 
 def test_global_crop_must_fit_the_patch_grid():
