@@ -181,3 +181,28 @@ def test_manual_optimisation_steps_are_guarded_too(tmp_path):
     build_trainer(cfg, tmp_path).fit(module, batches({2}))
     assert [skipped for skipped, _ in module.weights] == [False, False, True, False]
     assert torch.equal(module.weights[1][1], module.weights[2][1])
+
+
+def test_gradient_check_finds_every_kind_of_non_finite_value():
+    from vtp_gen.systems.nonfinite import gradients_are_finite
+
+    def params(*grads):
+        out = []
+        for grad in grads:
+            p = torch.nn.Parameter(torch.zeros_like(grad) if grad is not None else torch.zeros(2))
+            p.grad = grad
+            out.append(p)
+        return out
+
+    finite = torch.randn(5, 7)
+    assert gradients_are_finite(params(finite, None, torch.full((10,), 1e20)))
+    assert gradients_are_finite(params())  # no gradients at all
+    # Large but finite half-precision values: summed in float32, not in their own dtype (65504 max).
+    assert gradients_are_finite(params(torch.full((1000,), 60000.0, dtype=torch.float16)))
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        poisoned = finite.clone()
+        poisoned[3, 4] = bad
+        assert not gradients_are_finite(params(finite, poisoned)), bad
+    opposite = finite.clone()
+    opposite[0, 0], opposite[1, 1] = float("inf"), float("-inf")  # they would cancel in a plain max/min
+    assert not gradients_are_finite(params(opposite))

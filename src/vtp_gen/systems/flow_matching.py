@@ -40,6 +40,7 @@ class AdamWSettings:
     betas: tuple[float, float] = (0.9, 0.95)
     weight_decay: float = 0.0
     eps: float = 1e-8
+    fused: bool = False  # torch's fused AdamW kernel (stage2_config.OptimConfig turns it on)
 
 
 @contextmanager
@@ -93,7 +94,9 @@ class LatentFlowMatching(L.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         s = self.optimizer_settings
         trainable = [p for p in self.model.parameters() if p.requires_grad]
-        return torch.optim.AdamW(trainable, lr=s.lr, betas=s.betas, weight_decay=s.weight_decay, eps=s.eps)
+        return torch.optim.AdamW(
+            trainable, lr=s.lr, betas=s.betas, weight_decay=s.weight_decay, eps=s.eps, fused=s.fused or None
+        )
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         # (latents, labels, batch number): the number is a Python int (see LatentDataModule), so

@@ -156,6 +156,7 @@ def build_system(cfg: DictConfig, model: torch.nn.Module) -> LatentFlowMatching:
         betas=(cfg.optim.beta1, cfg.optim.beta2),
         weight_decay=cfg.optim.weight_decay,
         eps=cfg.optim.eps,
+        fused=cfg.optim.fused,
     )
     return LatentFlowMatching(model, transport, optimizer, cfg.ema.decay, cfg.run.seed)
 
