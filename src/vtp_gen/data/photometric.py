@@ -71,12 +71,10 @@ class BatchedPhotometric:
         if not 0.0 <= hue <= 0.5:
             raise ValueError(f"hue jitter must be in [0, 0.5], got {hue}")
         self.mean, self.std = list(mean), list(std)
-        self.jitter_p, self.grayscale_p, self.blur_p, self.solarize_p = (
-            jitter_p,
-            grayscale_p,
-            blur_p,
-            solarize_p,
-        )
+        self.jitter_p = jitter_p
+        self.grayscale_p = grayscale_p
+        self.blur_p = blur_p
+        self.solarize_p = solarize_p
         # The factor ranges exactly as ColorJitter builds them.
         self.ranges = (
             (max(0.0, 1 - brightness), 1 + brightness),
