@@ -121,6 +121,11 @@ def record_forwards(step) -> list[TowerForward]:
     return group_forwards(record_block_calls(step, block_lists(step.system, tokenizer_block_types())))
 
 
+def _module_key(tower: str) -> str:
+    """A tower name as a ModuleDict key (which may not contain dots)."""
+    return tower.replace(".", "/")
+
+
 class SameCallsReplay:
     """timm blocks on the recorded forwards' shapes; forward + one backward over those that had grad."""
 
@@ -137,7 +142,7 @@ class SameCallsReplay:
         shape_of = {f.tower: (f.width, f.heads) for f in forwards}
         self.towers = nn.ModuleDict(
             {
-                tower.replace(".", "/"): nn.ModuleList(
+                _module_key(tower): nn.ModuleList(
                     Block(shape_of[tower][0], shape_of[tower][1], mlp_ratio=4.0) for _ in range(depth)
                 )
                 for tower, depth in depth_of.items()
@@ -154,7 +159,7 @@ class SameCallsReplay:
         with self.settings.autocast():
             for forward, tokens in zip(self.forwards, self.inputs):
                 with torch.set_grad_enabled(forward.grad):
-                    for block in self.towers[forward.tower.replace(".", "/")][: forward.depth]:
+                    for block in self.towers[_module_key(forward.tower)][: forward.depth]:
                         tokens = block(tokens)
                 if forward.grad:
                     losses.append(tokens.float().mean())

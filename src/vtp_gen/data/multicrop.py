@@ -136,22 +136,18 @@ class MultiCropAugmentation:
 
     def batch_crops(self, images: Sequence[Image.Image | torch.Tensor]) -> dict[str, torch.Tensor]:
         """Views of ``images``, crop-major: ``global_crops`` (2N,3,G,G), ``local_crops`` (nN,3,L,L)."""
-        g, loc = self.global_crop_size, self.local_crop_size
-        if not images:
-            return {"global_crops": torch.zeros(0, 3, g, g), "local_crops": torch.zeros(0, 3, loc, loc)}
         pixels = [to_uint8_image(image) for image in images]
 
-        def views(geometry: v2.Transform, count: int) -> torch.Tensor:
+        def views(geometry: v2.Transform, count: int, size: int) -> torch.Tensor:
             # View 0 of every image, then view 1 ...: uint8, ready for the batched colour step.
-            return torch.stack([geometry(p).as_subclass(torch.Tensor) for _ in range(count) for p in pixels])
+            crops = [geometry(p).as_subclass(torch.Tensor) for _ in range(count) for p in pixels]
+            return torch.stack(crops) if crops else torch.zeros(0, 3, size, size, dtype=torch.uint8)
 
-        first, second = views(self.global_geometry, 2).chunk(2)
-        global_crops = torch.cat([self.global_1(first), self.global_2(second)])
-        if self.n_local_crops == 0:
-            return {"global_crops": global_crops, "local_crops": torch.zeros(0, 3, loc, loc)}
+        global_views = views(self.global_geometry, 2, self.global_crop_size)
+        first, second = global_views[: len(pixels)], global_views[len(pixels) :]
         return {
-            "global_crops": global_crops,
-            "local_crops": self.local(views(self.local_geometry, self.n_local_crops)),
+            "global_crops": torch.cat([self.global_1(first), self.global_2(second)]),
+            "local_crops": self.local(views(self.local_geometry, self.n_local_crops, self.local_crop_size)),
         }
 
     def crops(self, image: Image.Image | torch.Tensor) -> dict[str, list[torch.Tensor]]:
