@@ -19,7 +19,8 @@ happens in the first, untimed call; cases that would start after the time
 budget (``--budget-s``, default 390 s) are skipped and say so, so the whole
 run stays under 8 minutes; the targets' models (XL/1, VTP-L) go first.
 Prints a table per case and the MFU targets, and writes JSON
-(``runs/bench/gpu-mfu-<time>.json``) in the format of ``bench/run.py``.
+(``runs/bench/gpu-mfu-<time>.json``) in the format of ``bench/run.py``, with
+its chart beside it (``.png``).
 
 FLOPs are counted by torch's FlopCounterMode on one eager step (matmuls,
 convolutions, attention; forward and backward); MFU = achieved FLOP/s / the
@@ -39,6 +40,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch  # noqa: E402
+from vtp_bench.plots import plot_record  # noqa: E402
 from vtp_bench.report import (  # noqa: E402
     GPU_TARGETS,
     SCHEMA,
@@ -183,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print("   (dry run: these are the tiny CPU stand-ins, not the GPU sizes)")
     print(f"wrote {out} ({record['elapsed_s']:.0f}s)")
+    if any(g["status"] == "ok" for g in record["groups"]):
+        print(f"wrote {plot_record(record, out.with_suffix('.png'))}")
     return 1 if any(g["status"] == "error" for g in record["groups"]) else 0
 
 

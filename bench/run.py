@@ -4,10 +4,12 @@
     make bench ARGS="--quick"                    # smallest sizes, 2 rounds: checks that everything runs
     make bench ARGS="--only stage1/tiny stage2"  # groups whose name starts with one of these
     make bench ARGS="--list"                     # the groups of the chosen suite
+    make bench ARGS="--plot RESULT.json"         # draw a result file (RESULT.png beside it)
     python bench/run.py --suite gpu --device cuda  # the GPU sizes (see also bench/gpu_mfu.py)
 
 Prints one table per group and writes everything to JSON (``--out``; default
-``runs/bench/bench-<time>.json``). How the numbers are made (FLOP counting,
+``runs/bench/bench-<time>.json``) and a chart of every ratio and MFU beside it
+(``.png``). How the numbers are made (FLOP counting,
 MFU, interleaved rounds) is in docs/performance.md and bench/README.md.
 """
 
@@ -27,6 +29,7 @@ import torch  # noqa: E402
 from vtp_bench.attention import attention_group  # noqa: E402
 from vtp_bench.caching import caching_group  # noqa: E402
 from vtp_bench.features import fid_features_group  # noqa: E402
+from vtp_bench.plots import plot_record  # noqa: E402
 from vtp_bench.report import (  # noqa: E402
     CPU_TARGETS,
     GPU_TARGETS,
@@ -158,6 +161,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--markdown", type=Path, default=None, metavar="JSON", help="print a result file as markdown"
     )
+    parser.add_argument(
+        "--plot", type=Path, default=None, metavar="JSON", help="draw a result file to JSON's name .png"
+    )
     return parser.parse_args(argv)
 
 
@@ -168,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
         print(markdown_tables(record))
         print()
         print(format_targets(record["targets"]) if record.get("targets") else "(no targets)")
+        return 0
+    if args.plot is not None:
+        print(f"wrote {plot_record(json.loads(args.plot.read_text()), args.plot.with_suffix('.png'))}")
         return 0
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -225,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     write_json(record, out)
     print(format_targets(record["targets"]))
     print(f"wrote {out} ({record['elapsed_s']:.0f}s)")
+    if any(g["status"] == "ok" for g in record["groups"]):
+        print(f"wrote {plot_record(record, out.with_suffix('.png'))}")
     failed = [g["name"] for g in record["groups"] if g["status"] == "error"]
     if failed:
         print(f"groups that failed: {', '.join(failed)}", file=sys.stderr)

@@ -107,6 +107,68 @@ def test_targets_are_checked_against_measured_workloads(bench):
     assert met == [True, None, None]
 
 
+def _workload(name: str, baseline: str | None = None, **numbers) -> dict:
+    return {"name": name, "baseline": baseline, "compare": "flop_rate", "mfu": None,
+            "ratio_vs_baseline": None, **numbers}  # fmt: skip
+
+
+def _chart_record() -> dict:
+    ours = _workload("s/tiny/step", "s/tiny/timm", mfu=0.30, ratio_vs_baseline=0.8)
+    variant = _workload("s/tiny/step_variant", "s/tiny/step", ratio_vs_baseline=1.1, compare="throughput")
+    timm = _workload("s/tiny/timm", mfu=0.40)
+    return {
+        "suite": "cpu",
+        "machine": {"device": "cpu", "cpu": "test cpu", "torch_threads": 2},
+        "groups": [
+            {"name": "s/tiny", "status": "ok", "workloads": [ours, variant, timm]},
+            {"name": "s/big", "status": "skipped", "reason": "no GPU", "workloads": []},
+        ],
+        "targets": [
+            {"name": "tiny parity", "workload": "s/tiny/step", "metric": "ratio_vs_baseline",
+             "threshold": 1.0, "value": 0.8, "met": False},
+        ],
+    }  # fmt: skip
+
+
+def test_chart_rows_mark_baselines_and_targets(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH_DIR))
+    from vtp_bench.plots import mfu_rows, ratio_rows
+
+    record = _chart_record()
+    ratios = ratio_rows(record)
+    assert [(r.label, r.value) for r in ratios] == [
+        ("s/tiny step (flop rate)", 0.8),
+        ("s/tiny step_variant (throughput)", 1.1),
+    ]
+    assert (ratios[0].target, ratios[0].target_met) == (1.0, False)
+    assert ratios[1].target is None
+    mfus = mfu_rows(record)
+    # The step is the variant's baseline but has its own: it is ours, only timm is a baseline.
+    assert [(r.label, r.is_baseline) for r in mfus] == [("s/tiny step", False), ("s/tiny timm", True)]
+    assert mfus[0].target is None  # the target reads the ratio, not the MFU
+    # gpu_mfu.py's groups end in the mode, its workloads do not.
+    gpu = {"groups": [{"name": "gpu/stage2/XL/compiled", "status": "ok",
+                       "workloads": [_workload("gpu/stage2/XL/step_compiled", mfu=0.5)]}]}  # fmt: skip
+    assert [r.label for r in mfu_rows(gpu)] == ["gpu/stage2/XL/compiled step_compiled"]
+
+
+def test_bench_chart_draws_a_saved_result(monkeypatch, tmp_path):
+    from PIL import Image
+
+    monkeypatch.syspath_prepend(str(BENCH_DIR))
+    from vtp_bench.plots import plot_record
+
+    small = plot_record(_chart_record(), tmp_path / "small.png")
+    saved = json.loads((BENCH_DIR / "results" / "same-calls-2threads.json").read_text())
+    full = plot_record(saved, tmp_path / "nested" / "full.png")
+    with Image.open(small) as a, Image.open(full) as b:
+        assert a.format == b.format == "PNG"
+        assert b.height > a.height  # one row scale: more workloads, a taller picture
+    skipped = {**_chart_record(), "groups": [_chart_record()["groups"][1]]}
+    with pytest.raises(ValueError, match="no measured ratio or MFU"):
+        plot_record(skipped, tmp_path / "none.png")
+
+
 WORKLOAD_KEYS = {
     "name", "unit", "items_per_call", "seconds_per_call", "seconds_samples", "spread", "throughput",
     "calls_per_s", "flops_per_call", "flops_source", "achieved_flops_per_s", "mfu", "peak_memory_bytes",
@@ -226,6 +288,7 @@ def test_quick_suite_runs_every_group_and_writes_the_json_schema(tmp_path):
     assert by_name["stage1/tiny/step_all_vs_same_calls"]["baseline"] == "stage1/tiny/timm_same_calls"
     assert {t["workload"] for t in record["targets"]} >= {"stage1/tiny/step_all", "caching/tiny/cache_loop"}
     assert "stage1/tiny" in done.stdout and "targets" in done.stdout
+    assert out.with_suffix(".png").stat().st_size > 10_000  # the chart beside the JSON
 
 
 @pytest.mark.slow

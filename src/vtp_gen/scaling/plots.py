@@ -16,6 +16,8 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+from vtp_gen.utils.plots import headless_pyplot
+
 PAPER_NAMES = {
     "AE": "AE only",
     "CLIP+AE": "CLIP + AE",
@@ -59,11 +61,7 @@ def _legend_name(group: list[dict]) -> str:
 
 
 def _figure():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = headless_pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.6), dpi=120)
     return plt, fig, ax
 

@@ -55,6 +55,16 @@ def smooth(values: Sequence[float], window: int) -> list[float]:
     return out
 
 
+def headless_pyplot():
+    """``matplotlib.pyplot`` on the Agg backend: PNGs on machines without a display (CI, clusters)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def plot_loss_curves(
     metrics: dict[str, list[tuple[int, float]]],
     keys: Sequence[str],
@@ -67,11 +77,7 @@ def plot_loss_curves(
 
     ``smoothing`` is the moving-average window in logged points (default: a fifteenth of the curve).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = headless_pyplot()
     present = [k for k in keys if metrics.get(k)]
     if not present:
         raise ValueError(f"none of {list(keys)} were logged (have: {sorted(metrics)})")
