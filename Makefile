@@ -23,7 +23,7 @@ endif
 
 STEP_OPTS = $(foreach c,$(CONFIG),--config $(c)) $(if $(DATA),--data $(DATA)) $(ARGS)
 
-.PHONY: setup dataset weights stage1 cache stage2 sample eval tables scaling bench test test-slow test-faults lint clean-runs
+.PHONY: setup dataset weights stage1 cache stage2 sample eval tables scaling bench gpu-kit test test-slow test-faults lint clean-runs
 
 setup: dataset  ## venv + package + embedded dataset + offline metric weights
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -67,6 +67,9 @@ scaling:  ## the small scaling study (about an hour on CPU)
 
 bench:  ## throughput / MFU / memory benchmarks
 	$(PY) bench/run.py $(ARGS)
+
+gpu-kit:  ## wheels the lent GPU machine lacks, into .whl/ (then `bash bench/gpu_run.sh` there)
+	$(PY) bench/gpu_kit.py $(ARGS)
 
 test:  ## the test suite (what CI runs)
 	$(PY) -m pytest -q $(ARGS)

@@ -13,7 +13,9 @@ Measures, each beside a peak bf16 matmul timed in the same rounds:
 - stage 2: the LightningDiT-B/1 (B=256) and -XL/1 (B=128) flow-matching step on
   16x16x64 latents, next to diffusers' DiT of the same size;
 
-first eager, then with ``torch.compile`` (stage 1: each transformer block;
+first a bf16-vs-fp32 check of the two targets' steps (losses and gradients of
+one forward + backward each way, ``vtp_bench/precision.py``), then the MFU
+cases: first eager, then with ``torch.compile`` (stage 1: each transformer block;
 stage 2: the whole generator, as ``trainer.compile=true`` does). Compilation
 happens in the first, untimed call; cases that would start after the time
 budget (``--budget-s``, default 390 s) are skipped and say so, so the whole
@@ -41,6 +43,12 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch  # noqa: E402
 from vtp_bench.plots import plot_record  # noqa: E402
+from vtp_bench.precision import (  # noqa: E402
+    compare,
+    format_comparison,
+    stage1_under_test,
+    stage2_under_test,
+)
 from vtp_bench.report import (  # noqa: E402
     GPU_TARGETS,
     SCHEMA,
@@ -61,6 +69,26 @@ H200_DENSE_BF16 = 989.4e12  # data-sheet dense bf16 FLOP/s (SXM), for reference 
 
 # The two targets' models first, so a tight budget cuts the least important cases.
 CASES = ("stage2/XL", "stage1/L", "stage2/B", "stage1/B")
+# bf16 against fp32 on the targets' models (tiny stand-ins in a dry run).
+PRECISION_CASES = (("stage2", "XL", stage2_under_test), ("stage1", "L", stage1_under_test))
+
+
+def precision_checks(device: torch.device, dry_run: bool) -> list[dict]:
+    """bf16 vs fp32 of each precision case; a failure is recorded and the run goes on to the MFU cases."""
+    results = []
+    for stage, size, under_test in PRECISION_CASES:
+        started = time.perf_counter()
+        try:
+            result = compare(under_test("tiny" if dry_run else size, device), device)
+            print(format_comparison(result), flush=True)
+        except Exception as error:  # reported; the MFU minutes are kept
+            result = {"name": f"{stage}/{size}", "error": f"{type(error).__name__}: {error}", "passed": False}
+            print(f"== bf16 vs fp32: {stage}/{size}: ERROR {result['error']}", flush=True)
+        result["elapsed_s"] = round(time.perf_counter() - started, 1)
+        results.append(result)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return results
 
 
 def case_group(case: str, dry_run: bool) -> Group:
@@ -103,6 +131,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU, fp32")
     parser.add_argument("--no-compile", action="store_true", help="eager only")
+    parser.add_argument("--no-precision", action="store_true", help="skip the bf16-vs-fp32 check")
     parser.add_argument("--only", nargs="+", choices=CASES, default=list(CASES))
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument(
@@ -142,8 +171,12 @@ def main(argv: list[str] | None = None) -> int:
         },
         "groups": [],
         "targets": [],
+        "precision": [],
     }
     print(f"gpu_mfu on {device}{' (dry run: tiny stand-ins)' if args.dry_run else ''}", flush=True)
+    if not args.no_precision:
+        record["precision"] = precision_checks(device, args.dry_run)
+        write_json(record, out)
     for compiled in modes:
         for case in args.only:
             elapsed = time.perf_counter() - started
@@ -187,7 +220,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {out} ({record['elapsed_s']:.0f}s)")
     if any(g["status"] == "ok" for g in record["groups"]):
         print(f"wrote {plot_record(record, out.with_suffix('.png'))}")
-    return 1 if any(g["status"] == "error" for g in record["groups"]) else 0
+    failed_precision = [r["name"] for r in record["precision"] if not r["passed"]]
+    if failed_precision:
+        print(f"bf16 outside tolerance or failed: {', '.join(failed_precision)}", file=sys.stderr)
+    return 1 if failed_precision or any(g["status"] == "error" for g in record["groups"]) else 0
 
 
 if __name__ == "__main__":

@@ -305,3 +305,68 @@ def test_gpu_script_dry_run_compiles_the_stage1_step(tmp_path):
     for group in groups.values():
         assert group["status"] == "ok", group.get("reason")
     assert "step_all_compiled" in done.stdout
+
+
+def test_gpu_kit_pins_what_is_installed_and_flags_what_nothing_provides(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH_DIR))
+    import importlib.metadata
+
+    from gpu_kit import pinned_requirements, uncovered
+
+    assert pinned_requirements(("timm", "omegaconf")) == [
+        f"timm=={importlib.metadata.version('timm')}",
+        f"omegaconf=={importlib.metadata.version('omegaconf')}",
+    ]
+    with pytest.raises(SystemExit, match="not installed"):
+        pinned_requirements(("no-such-distribution-here",))
+    imported = {"torch", "open_clip_torch", "vtp_gen", "Not_In_Any-List"}
+    assert uncovered(imported, kit=(), image=frozenset()) == ["Not_In_Any-List", "open_clip_torch", "torch"]
+    # The image's torch brings what torch needs here (e.g. filelock); the kit's names match normalised.
+    assert uncovered(imported | {"filelock"}, kit=("open-clip-torch",), image=frozenset({"torch"})) == [
+        "Not_In_Any-List"
+    ]
+
+
+def test_gpu_kit_covers_every_import_of_the_gpu_script(monkeypatch):
+    """The GPU machine has no registry: whatever gpu_mfu.py imports must be in its image or in the kit."""
+    monkeypatch.syspath_prepend(str(BENCH_DIR))
+    from gpu_kit import CHECK_ARGS, KIT_PACKAGES, imported_distributions, uncovered
+
+    imported = imported_distributions(CHECK_ARGS)
+    assert {"diffusers", "open_clip_torch", "torch"} <= imported  # the dry run ran the real code paths
+    assert uncovered(imported) == []
+    without_open_clip = tuple(p for p in KIT_PACKAGES if p != "open_clip_torch")
+    assert uncovered(imported, kit=without_open_clip) == ["open_clip_torch"]
+
+
+def test_bf16_check_passes_the_tiny_training_steps_and_sees_the_cast(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH_DIR))
+    from vtp_bench.precision import compare, stage1_under_test, stage2_under_test
+
+    cpu = torch.device("cpu")
+    results = [compare(under_test("tiny", cpu), cpu) for under_test in (stage1_under_test, stage2_under_test)]
+    for result in results:
+        assert result["passed"], result
+        assert "loss" in result["losses"]
+        # bf16 autocast really ran: the gradients moved by far more than fp32 reordering would.
+        assert 1e-4 < result["gradient_relative_error"] < 0.1
+        assert 0.99 < result["gradient_cosine"] <= 1.0 + 1e-9
+    assert {"clip_loss", "dino_loss", "ibot_loss", "rec_loss"} <= set(results[0]["losses"])
+
+
+def test_bf16_check_flags_a_loss_bf16_cannot_hold(monkeypatch):
+    """A loss read off a large activation: bf16's 8 bits lose it, and the check must say so."""
+    monkeypatch.syspath_prepend(str(BENCH_DIR))
+    from vtp_bench.precision import LOSS_TOLERANCE, StepUnderTest, compare
+
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.nn.Parameter(torch.randn(64, 8, generator=generator))
+    inputs = torch.randn(32, 64, generator=generator)
+    target = (inputs @ weight).detach() + 0.01  # the product is close to its target: a small residual
+
+    def losses():
+        return {"loss": ((inputs @ weight).float() - target).pow(2).mean()}
+
+    result = compare(StepUnderTest("toy", losses, [("weight", weight)]), torch.device("cpu"))
+    assert not result["passed"]
+    assert result["worst_loss_difference"] > LOSS_TOLERANCE

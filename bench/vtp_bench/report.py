@@ -12,7 +12,8 @@ JSON layout (``SCHEMA``)::
                                 "flops_per_call", "flops_source", "achieved_flops_per_s", "mfu",
                                 "peak_memory_bytes", "params", "baseline", "compare",
                                 "ratio_vs_baseline", "notes", "info"}]}],
-     "targets": [{"name", "workload", "metric", "threshold", "value", "met"}]}
+     "targets": [{"name", "workload", "metric", "threshold", "value", "met"}],
+     "precision": [...]}   # gpu_mfu.py only: vtp_bench/precision.py's comparisons
 
 Numbers a run could not produce are ``null``; ``met`` is ``null`` when the
 workload a target reads was not measured.
