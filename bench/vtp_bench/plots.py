@@ -27,7 +27,7 @@ class ChartRow:
     label: str  # "stage1/tiny step_all"
     group: str
     value: float  # a ratio (x) or an MFU (0-1)
-    is_baseline: bool = False  # some other workload is compared with this one
+    is_baseline: bool = False  # others are compared with it, it with nothing
     target: float | None = None  # the threshold a target puts on this row
     target_met: bool | None = None
 
