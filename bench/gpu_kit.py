@@ -18,7 +18,8 @@ leaves the JSON, the chart and the log in ``$OUT``.
 ``DEVICE_IMAGE_PACKAGES`` is the image's package list as the workplace's
 machine notes gave it (2026-11-17); ``python bench/gpu_kit.py --check``
 reruns the GPU script's dry run here and lists any distribution it imports that
-neither the image nor the kit provides.
+neither the image nor the kit provides. For another air-gapped node, put its
+``pip list`` names there (or add what it lacks to ``KIT_PACKAGES``) and check.
 """
 
 from __future__ import annotations
