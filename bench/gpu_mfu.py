@@ -42,7 +42,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch  # noqa: E402
-from vtp_bench.plots import plot_record  # noqa: E402
+from vtp_bench.plots import chart_beside  # noqa: E402
 from vtp_bench.precision import (  # noqa: E402
     compare,
     format_comparison,
@@ -218,8 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print("   (dry run: these are the tiny CPU stand-ins, not the GPU sizes)")
     print(f"wrote {out} ({record['elapsed_s']:.0f}s)")
-    if any(g["status"] == "ok" for g in record["groups"]):
-        print(f"wrote {plot_record(record, out.with_suffix('.png'))}")
+    if chart := chart_beside(record, out):
+        print(f"wrote {chart}")
     failed_precision = [r["name"] for r in record["precision"] if not r["passed"]]
     if failed_precision:
         print(f"bf16 outside tolerance or failed: {', '.join(failed_precision)}", file=sys.stderr)

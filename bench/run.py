@@ -29,7 +29,7 @@ import torch  # noqa: E402
 from vtp_bench.attention import attention_group  # noqa: E402
 from vtp_bench.caching import caching_group  # noqa: E402
 from vtp_bench.features import fid_features_group  # noqa: E402
-from vtp_bench.plots import plot_record  # noqa: E402
+from vtp_bench.plots import chart_beside, plot_record  # noqa: E402
 from vtp_bench.report import (  # noqa: E402
     CPU_TARGETS,
     GPU_TARGETS,
@@ -234,8 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     write_json(record, out)
     print(format_targets(record["targets"]))
     print(f"wrote {out} ({record['elapsed_s']:.0f}s)")
-    if any(g["status"] == "ok" for g in record["groups"]):
-        print(f"wrote {plot_record(record, out.with_suffix('.png'))}")
+    if chart := chart_beside(record, out):
+        print(f"wrote {chart}")
     failed = [g["name"] for g in record["groups"] if g["status"] == "error"]
     if failed:
         print(f"groups that failed: {', '.join(failed)}", file=sys.stderr)

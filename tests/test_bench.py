@@ -156,7 +156,7 @@ def test_bench_chart_draws_a_saved_result(monkeypatch, tmp_path):
     from PIL import Image
 
     monkeypatch.syspath_prepend(str(BENCH_DIR))
-    from vtp_bench.plots import plot_record
+    from vtp_bench.plots import chart_beside, plot_record
 
     small = plot_record(_chart_record(), tmp_path / "small.png")
     saved = json.loads((BENCH_DIR / "results" / "same-calls-2threads.json").read_text())
@@ -167,6 +167,8 @@ def test_bench_chart_draws_a_saved_result(monkeypatch, tmp_path):
     skipped = {**_chart_record(), "groups": [_chart_record()["groups"][1]]}
     with pytest.raises(ValueError, match="no measured ratio or MFU"):
         plot_record(skipped, tmp_path / "none.png")
+    assert chart_beside(skipped, tmp_path / "none.json") is None  # what run.py does after such a run
+    assert chart_beside(_chart_record(), tmp_path / "run.json") == tmp_path / "run.png"
 
 
 WORKLOAD_KEYS = {

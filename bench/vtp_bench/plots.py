@@ -185,3 +185,10 @@ def plot_record(record: dict, path: str | Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def chart_beside(record: dict, json_path: str | Path) -> Path | None:
+    """The record's chart at ``json_path`` with ``.png``; None when the run measured nothing to draw."""
+    if not (ratio_rows(record) or mfu_rows(record)):
+        return None
+    return plot_record(record, Path(json_path).with_suffix(".png"))
