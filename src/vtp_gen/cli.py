@@ -25,6 +25,8 @@ from omegaconf import OmegaConf
 from vtp_gen.config import ConfigError, DataConfig, load_config
 from vtp_gen.systems.nonfinite import NonFiniteTrainingError
 from vtp_gen.utils.host_memory import keep_freed_host_memory
+from vtp_gen.utils.run_lock import FolderInUseError
+from vtp_gen.utils.stop_signals import StopRequested
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WRITE_FAULTS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES)
@@ -173,7 +175,11 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_host_memory()
     try:
         _import(step.runner)(cfg)
-    except (FileNotFoundError, ConfigError, ValueError, NonFiniteTrainingError) as e:
+    except StopRequested as e:
+        # SIGTERM / SIGINT: the message says what was saved; the status is a signal death's (128 + signal).
+        print(f"vtp-gen {args.step}: stopped: {e}", file=sys.stderr)
+        return e.exit_status
+    except (FileNotFoundError, ConfigError, ValueError, NonFiniteTrainingError, FolderInUseError) as e:
         # Environment, input and divergence faults: one clear line, non-zero exit, no traceback wall.
         print(f"vtp-gen {args.step}: error: {e}", file=sys.stderr)
         return 1

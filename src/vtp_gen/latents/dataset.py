@@ -10,6 +10,7 @@ without any error, a classic pitfall.
 from __future__ import annotations
 
 import bisect
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,21 @@ from vtp_gen.latents.manifest import SHARD_PATTERN, STATS_FILE, check_tokenizer,
 # Caches below this size are read into memory once (the embedded default is ~0.5 GB);
 # larger ones are read per item through memory-mapped safetensors.
 PRELOAD_LIMIT_BYTES = 4 << 30
+
+
+def read_stats_file(path: str | Path) -> dict:
+    """``latents_stats.pt`` as a dict of tensors; a file that would unpickle code is a one-line ValueError."""
+    try:
+        stats = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ValueError(
+            f"{path} holds pickled objects, not only tensors; vtp_gen never unpickles those (that can run "
+            "arbitrary code): use the latents_stats.pt that `make cache` (or LightningDiT's extract_features) "
+            "wrote, or one from a source you trust"
+        ) from None
+    if not isinstance(stats, dict) or not {"mean", "std"} <= stats.keys():
+        raise ValueError(f"{path}: expected a dict with 'mean' and 'std' tensors")
+    return stats
 
 
 @dataclass
@@ -41,7 +57,7 @@ class LatentStats:
             raise FileNotFoundError(
                 f"{path} not found: a latent cache needs its statistics file (run `make cache`)"
             )
-        stats = torch.load(path, map_location="cpu", weights_only=True)
+        stats = read_stats_file(path)
         mean, std = stats["mean"].float(), stats["std"].float()
         if mean.dim() != 4 or mean.shape[0] != 1 or mean.shape[2:] != (1, 1) or std.shape != mean.shape:
             raise ValueError(f"{path}: mean/std must have shape (1, C, 1, 1), got {tuple(mean.shape)}")

@@ -46,6 +46,7 @@ from vtp_gen.latents.stats import stats_subset_mask
 from vtp_gen.latents.writer import ShardLayout, ShardWriter, completed_shards
 from vtp_gen.systems.trainer import build_predict_trainer
 from vtp_gen.utils.run_dir import run_root, write_json_atomic
+from vtp_gen.utils.step_guard import guarded_step
 
 
 @dataclass
@@ -189,6 +190,7 @@ def share_cpu_cores(trainer: L.Trainer) -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_ranks))
 
 
+@guarded_step("cache", cache_folder, on_stop="finished shards are kept; rerun the same command to resume")
 def run(cfg: DictConfig) -> CacheResult:
     """Encode ``cfg.data`` with the tokenizer into ``cfg.out_dir``; resume or no-op as the folder says."""
     if cfg.data.source == "webdataset":

@@ -54,6 +54,7 @@ from vtp_gen.metrics.report import (
     zero_shot_method,
 )
 from vtp_gen.utils.run_dir import run_root
+from vtp_gen.utils.step_guard import guarded_step
 
 SUBSET_SEED = 0
 SHORT_IS_REASON = (
@@ -758,6 +759,11 @@ def _timed(ctx: EvalContext, name: str, part) -> None:
     _say(f"{name}: {ctx.seconds[name]:.0f} s ({ctx.seconds[name + '_cpu']:.0f} s CPU)")
 
 
+@guarded_step(
+    "eval",
+    output_folder,
+    on_stop="samples and reference features made so far are kept; rerun the same command to go on",
+)
 def run(cfg: DictConfig) -> dict:
     """Evaluate the run; returns the metrics.json payload's parts (records, report path, timings)."""
     from vtp_gen.interop.vtp import load_tokenizer

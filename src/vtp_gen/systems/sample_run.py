@@ -29,7 +29,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from vtp_gen.config import ConfigError
-from vtp_gen.latents.dataset import LatentStats
+from vtp_gen.latents.dataset import LatentStats, read_stats_file
 from vtp_gen.latents.manifest import STATS_FILE, read_json, tokenizer_identity
 from vtp_gen.systems.flow_matching import GENERATOR_CONFIG_KEY, tensor_digest
 from vtp_gen.systems.sampling import (
@@ -48,6 +48,7 @@ from vtp_gen.systems.stage2_run import GENERATOR_DIR, RUN_INFO_FILE
 from vtp_gen.systems.trainer import build_predict_trainer
 from vtp_gen.utils.images import load_png, save_grid
 from vtp_gen.utils.run_dir import run_root, write_json_atomic
+from vtp_gen.utils.step_guard import guarded_step
 
 RECORD_FILE = "samples.json"
 NPZ_FILE = "samples.npz"
@@ -93,7 +94,7 @@ def load_any_generator(path: Path) -> torch.nn.Module:
 def load_stats(path: Path, multiplier: float) -> LatentStats:
     """From a cache or generator folder (``latents_stats.pt`` inside) or a stats file itself."""
     if path.is_file():
-        stats = torch.load(path, map_location="cpu", weights_only=True)
+        stats = read_stats_file(path)
         return LatentStats(stats["mean"].float(), stats["std"].float(), multiplier)
     return LatentStats.load(path, multiplier)
 
@@ -188,6 +189,11 @@ def _say(message: str) -> None:
         print(f"[sample] {message}", flush=True)
 
 
+@guarded_step(
+    "sample",
+    output_folder,
+    on_stop="finished PNGs are kept; rerun the same command to make the rest",
+)
 def run(cfg: DictConfig) -> SampleResult:
     if cfg.labels not in LABEL_MODES:
         raise ConfigError(f"labels={cfg.labels!r}: expected one of {', '.join(LABEL_MODES)}")

@@ -41,6 +41,7 @@ from vtp_gen.systems.latent_data import derive_seed
 from vtp_gen.transport import sample as transport_sample
 from vtp_gen.utils.atomic import atomic_output
 from vtp_gen.utils.images import load_png, save_grid, save_png
+from vtp_gen.utils.stop_signals import StopRequested, requested
 
 LABEL_MODES = ("uniform", "balanced")
 PNG_NAME = "{:06d}.png"
@@ -150,6 +151,9 @@ class SampleGridCallback(L.Callback):
     same samples improving. Saved as ``<folder>/samples_step{N:08d}.png`` and
     as the TensorBoard image ``samples``. ``make_decoder`` builds the
     :class:`LatentDecoder` on first use (only rank 0 loads the tokenizer).
+    ``at_train_end=False`` leaves the last grid to the caller (stage 2 writes it
+    after its checkpoint and export). A stop signal during a grid in training
+    abandons the grid, so that the run stops after its current step.
     """
 
     def __init__(
@@ -161,6 +165,7 @@ class SampleGridCallback(L.Callback):
         every_n_steps: int = 0,
         nrow: int = 8,
         seed: int = 0,
+        at_train_end: bool = True,
     ):
         self.folder = Path(folder)
         self.make_decoder = make_decoder
@@ -169,6 +174,7 @@ class SampleGridCallback(L.Callback):
         self.every_n_steps = every_n_steps
         self.nrow = nrow
         self.seed = seed
+        self.at_train_end = at_train_end
         self.decoder: LatentDecoder | None = None
         self.last_step: int | None = None
         self.written: list[Path] = []
@@ -176,11 +182,27 @@ class SampleGridCallback(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
         if self.every_n_steps > 0 and step > 0 and step % self.every_n_steps == 0 and step != self.last_step:
-            self.write(trainer, pl_module)
+            self._write_unless_stopped(trainer, pl_module)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if trainer.global_step != self.last_step:
+        if self.at_train_end and trainer.global_step != self.last_step:
+            self._write_unless_stopped(trainer, pl_module)
+
+    def _write_unless_stopped(self, trainer, pl_module) -> None:
+        if requested() is not None:
+            return
+
+        def stop_if_requested(module, args):  # checked before every model evaluation of the sampler
+            if requested() is not None:
+                raise StopRequested(requested())
+
+        hook = pl_module.ema.module.register_forward_pre_hook(stop_if_requested)
+        try:
             self.write(trainer, pl_module)
+        except StopRequested:
+            print(f"[preview] grid of step {trainer.global_step} abandoned: stop requested", flush=True)
+        finally:
+            hook.remove()
 
     @torch.no_grad()
     def write(self, trainer, pl_module) -> Path | None:
@@ -203,6 +225,7 @@ class SampleGridCallback(L.Callback):
             if isinstance(logger, TensorBoardLogger):
                 grid = np.asarray(load_png(path))
                 logger.experiment.add_image("samples", grid, step, dataformats="HWC")
+                logger.experiment.flush()  # the last grid comes after the fit has closed the logger
         return path
 
 

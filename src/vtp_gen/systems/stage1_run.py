@@ -49,7 +49,8 @@ from vtp_gen.systems.tokenizer_pretraining import TokenizerPretraining
 from vtp_gen.systems.trainer import build_trainer, csv_logs, find_resume_checkpoint, keep_csv_history
 from vtp_gen.utils.compile import compile_blocks
 from vtp_gen.utils.plots import plot_loss_curves, read_metrics
-from vtp_gen.utils.run_dir import prepare_run_dir, write_json_atomic
+from vtp_gen.utils.run_dir import prepare_run_dir, run_root, write_json_atomic
+from vtp_gen.utils.step_guard import guarded_step
 
 PROGRESS_FILE = "progress.json"
 METRICS_FILE = "metrics.json"
@@ -501,6 +502,11 @@ def summary_line(metrics: dict) -> str:
 
 
 # ---------------------------------------------------------------------- entry point
+@guarded_step(
+    "stage1",
+    lambda cfg: run_root(cfg) / "stage1",
+    on_stop="the newest checkpoint and finished exports are kept; rerun the same command to resume",
+)
 def run(cfg: DictConfig) -> dict | None:
     """The whole stage; returns the metrics on global rank 0 (None on other ranks)."""
     folder = prepare_run_dir(cfg, "stage1")

@@ -6,12 +6,16 @@
 
 Steps: make the latent cache when it is missing (the cache step's library
 function, one device); open it, refusing a cache made with another tokenizer;
-build the generator with the cache's latent shape; train (resuming from
-``checkpoints/last.ckpt`` when the run folder has one); write preview grids;
+check what the end of the run needs (the tokenizer that decodes the preview
+grids); build the generator with the cache's latent shape; train (resuming from
+``checkpoints/last.ckpt`` when the run folder has one); save ``last.ckpt`` and
 export ``runs/<name>/stage2/generator/`` (EMA weights in the reference layout,
 ``config.json`` + ``model.safetensors``, plus the latent statistics and the
 recipe's sampler) and ``train_summary.json`` (speed, peak memory, weight
-digests checked equal on every rank).
+digests checked equal on every rank); only then the end-of-run preview grid,
+sized to the device. The run folder is locked while this runs; SIGTERM / SIGINT
+stop training after the current step, and the checkpoint and export are still
+written (:mod:`vtp_gen.utils.stop_signals`).
 """
 
 from __future__ import annotations
@@ -37,9 +41,12 @@ from vtp_gen.models.registry import create_model
 from vtp_gen.systems.flow_matching import AdamWSettings, LatentFlowMatching
 from vtp_gen.systems.latent_data import LatentDataModule, cache_labels, count_classes, latent_shape
 from vtp_gen.systems.sampling import LatentDecoder, SampleGridCallback, preview_labels, sampling_kwargs
+from vtp_gen.systems.stop_on_signal import StopOnSignal
 from vtp_gen.systems.trainer import build_trainer, find_resume_checkpoint, keep_csv_history
 from vtp_gen.transport import Transport
 from vtp_gen.utils.run_dir import prepare_run_dir, run_root, write_json_atomic
+from vtp_gen.utils.step_guard import guarded_step
+from vtp_gen.utils.stop_signals import StopRequested, raise_if_requested, signal_name
 
 GENERATOR_DIR = "generator"
 RUN_INFO_FILE = "stage2.json"
@@ -112,6 +119,45 @@ def ensure_latent_cache(cfg: DictConfig) -> Path:
     return folder
 
 
+def check_tokenizer_folder(folder: Path, needed_for: str, key: str) -> None:
+    """A one-line error now, instead of a failure after training, when ``folder`` is no VTP tokenizer."""
+    weights = ("model.safetensors", "model.safetensors.index.json")
+    has_weights = any((folder / name).is_file() for name in weights)
+    if folder.is_dir() and (folder / "config.json").is_file() and has_weights:
+        return
+    state = "does not exist" if not folder.exists() else "has no config.json + model.safetensors"
+    raise FileNotFoundError(
+        f"tokenizer folder {folder} {state}, and {needed_for} decode with it: set {key}=PATH (the VTP "
+        "folder the latents were made with, official layout), or preview.enabled=false to train without grids"
+    )
+
+
+def check_inputs(cfg: DictConfig) -> None:
+    """What the end of the run needs, checked before its first step (the cache is checked when opened)."""
+    if cfg.preview.enabled:
+        check_tokenizer_folder(tokenizer_folder(cfg), "the preview grids", "latents.tokenizer")
+
+
+def runs_on_cpu(trainer_cfg) -> bool:
+    return trainer_cfg.accelerator == "cpu" or not torch.cuda.is_available()
+
+
+def preview_size(cfg: DictConfig) -> tuple[int, int, int]:
+    """(rows, samples per row, sampler points) of the preview grids: the recipe's, capped on a CPU.
+
+    A paper recipe's grid (64 samples x 250 Euler points of a 130M-675M model)
+    takes hours on a CPU; there ``preview.cpu_*`` cap it (null: no cap).
+    """
+    preview = cfg.preview
+    rows, per_class = preview.rows, preview.per_class
+    steps = preview.steps if preview.steps is not None else cfg.sampling.steps
+    if runs_on_cpu(cfg.trainer):
+        rows = min(rows, preview.cpu_rows) if preview.cpu_rows is not None else rows
+        per_class = min(per_class, preview.cpu_per_class) if preview.cpu_per_class is not None else per_class
+        steps = min(steps, preview.cpu_steps) if preview.cpu_steps is not None else steps
+    return rows, per_class, steps
+
+
 def open_latents(cfg: DictConfig, folder: Path) -> LatentDataset:
     tokenizer = tokenizer_folder(cfg)
     verify = cfg.latents.verify_tokenizer
@@ -165,8 +211,7 @@ def preview_callback(cfg: DictConfig, folder: Path, latents: LatentDataset, num_
     sampling = OmegaConf.to_object(cfg.sampling)
     if cfg.preview.cfg_scale is not None:
         sampling.cfg_scale = cfg.preview.cfg_scale
-    if cfg.preview.steps is not None:
-        sampling.steps = cfg.preview.steps
+    rows, per_class, sampling.steps = preview_size(cfg)
     stats = latents.stats
 
     def make_decoder() -> LatentDecoder:
@@ -177,11 +222,12 @@ def preview_callback(cfg: DictConfig, folder: Path, latents: LatentDataset, num_
     return SampleGridCallback(
         folder / "images",
         make_decoder,
-        preview_labels(num_classes, cfg.preview.rows, cfg.preview.per_class),
+        preview_labels(num_classes, rows, per_class),
         sampling_kwargs(sampling),
         every_n_steps=cfg.preview.every_n_steps,
-        nrow=cfg.preview.per_class,
+        nrow=per_class,
         seed=cfg.run.seed,
+        at_train_end=False,  # run() writes the last grid itself, after the checkpoint and the export
     )
 
 
@@ -270,9 +316,15 @@ def export_generator(
     return target
 
 
+@guarded_step(
+    "stage2",
+    lambda cfg: run_root(cfg) / "stage2",
+    on_stop="the newest checkpoint is kept; rerun the same command to resume",
+)
 def run(cfg: DictConfig, callbacks: list | None = None) -> Stage2Result:
     # The EMA copy is in eval mode on purpose (no label dropout); Lightning warns about any such module.
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    check_inputs(cfg)
     cache = ensure_latent_cache(cfg)
     latents = open_latents(cfg, cache)  # refuses latents of another tokenizer before anything is written
     folder = prepare_run_dir(cfg, "stage2")
@@ -290,12 +342,17 @@ def run(cfg: DictConfig, callbacks: list | None = None) -> Stage2Result:
     speed = SpeedMeter()
     preview = preview_callback(cfg, folder, latents, model.num_classes) if cfg.preview.enabled else None
     own_callbacks = [speed, preview] if preview else [speed]
+    # A stop signal ends training after the current step; the checkpoint and the export below still happen.
+    stopper = StopOnSignal(folder / "checkpoints", raise_after_fit=False)
     resume = find_resume_checkpoint(folder / "checkpoints")
     if resume is not None:
         _say(f"resuming from {resume}")
         keep_csv_history(folder / "logs")  # before the CSV logger exists: it deletes metrics.csv
     trainer = build_trainer(
-        cfg.trainer, folder, callbacks=[*own_callbacks, *(callbacks or [])], use_distributed_sampler=False
+        cfg.trainer,
+        folder,
+        callbacks=[*own_callbacks, *(callbacks or []), stopper],
+        use_distributed_sampler=False,
     )
     if cfg.trainer.compile:
         model.compile()
@@ -304,9 +361,13 @@ def run(cfg: DictConfig, callbacks: list | None = None) -> Stage2Result:
     # ends an epoch, so the final state is saved here: last.ckpt is always where the run stopped
     # (a rerun with more trainer.max_steps continues from it). Every rank calls it; rank 0 writes.
     # weights_only=False: a full resume checkpoint (optimiser, loops); said explicitly, or Lightning logs a notice.
-    trainer.save_checkpoint(folder / "checkpoints" / "last.ckpt", weights_only=False)
+    # (A stop signal made the stopper save it at this step already.)
+    if stopper.stopped_at != trainer.global_step:
+        trainer.save_checkpoint(folder / "checkpoints" / "last.ckpt", weights_only=False)
     digests = check_ranks_agree(trainer, system)
+    stopped = f"stopped after step {trainer.global_step}; {folder / 'checkpoints' / 'last.ckpt'} saved"
     if not trainer.is_global_zero:
+        raise_if_requested(f"{stopped} (by rank 0)")
         return Stage2Result(folder, None, None)
     generator = export_generator(system, folder, cfg, cache, trainer.global_step)
     summary = {
@@ -319,13 +380,41 @@ def run(cfg: DictConfig, callbacks: list | None = None) -> Stage2Result:
         "latent_shape": [channels, size, size],
         "weights_sha256": digests,
         "ranks_agree": True,
-        "previews": [str(p) for p in preview.written] if preview else [],
+        "previews": [],
         "generator": str(generator),
         "torch_threads": torch.get_num_threads(),
         **speed.summary(),
     }
     write_json_atomic(folder / SUMMARY_FILE, summary)
+    raise_if_requested(
+        f"{stopped}, generator (EMA weights) exported to {generator}; rerun the same command to resume"
+    )
     rate = f", {summary['steps_per_sec']:.2f} steps/s" if summary["steps_per_sec"] else ""
-    _say(f"done at step {trainer.global_step}{rate}; generator -> {generator}")
+    _say(f"trained to step {trainer.global_step}{rate}: checkpoint and generator saved")
+    if preview is not None:
+        summary["previews"] = write_last_preview(preview, trainer, system, generator)
+        write_json_atomic(folder / SUMMARY_FILE, summary)
+    _say(f"done at step {trainer.global_step}; generator -> {generator}")
     sys.stdout.flush()
     return Stage2Result(folder, generator, summary)
+
+
+def write_last_preview(preview: SampleGridCallback, trainer, system, generator: Path) -> list[str]:
+    """The end-of-run grid: optional work, done after everything a rerun or `make sample` needs is saved."""
+    if preview.last_step != trainer.global_step:
+        rows, per_class = len(preview.labels) // preview.nrow, preview.nrow
+        _say(
+            f"end-of-run preview: {rows}x{per_class} samples, {preview.sampling['steps']} sampler points "
+            "(preview.enabled=false skips it; a stop signal now loses nothing)"
+        )
+        system.to(trainer.strategy.root_device)  # the fit's teardown moved it to the CPU
+        try:
+            preview.write(trainer, system)
+        except StopRequested as stop:
+            raise StopRequested(
+                stop.signum,
+                f"{signal_name(stop.signum)} received during the end-of-run preview grid; the checkpoint and "
+                f"the generator ({generator}) were saved before it",
+                detailed=True,
+            ) from None
+    return [str(p) for p in preview.written]

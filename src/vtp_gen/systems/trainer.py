@@ -19,6 +19,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from vtp_gen.config import TrainerConfig
 from vtp_gen.systems.nonfinite import NonFiniteGuard
+from vtp_gen.systems.stop_on_signal import StopOnSignal
 from vtp_gen.utils.atomic import atomic_output
 
 
@@ -132,6 +133,9 @@ def build_trainer(
         save_top_k=1,  # the newest step checkpoint stays beside last.ckpt as a fallback
     )
     all_callbacks = [checkpointing, NonFiniteGuard(cfg.max_nonfinite_steps), *(callbacks or [])]
+    if not any(isinstance(c, StopOnSignal) for c in all_callbacks):
+        # SIGTERM / SIGINT: stop after the current step with last.ckpt saved (after the caller's callbacks).
+        all_callbacks.append(StopOnSignal(run_folder / "checkpoints"))
     if cfg.progress_bar:
         all_callbacks.append(
             BatchProgressBar(optimizer_steps_per_batch, refresh_rate=max(1, cfg.log_every_n_steps // 2))
@@ -174,6 +178,8 @@ def build_predict_trainer(
     hands every rank its own disjoint indices, so Lightning's distributed
     sampler stays off.
     """
+    # SIGTERM / SIGINT stop the loop at once (Lightning alone would note them and go on).
+    callbacks = [*callbacks, StopOnSignal()]
     if cfg.progress_bar:
         callbacks = [*callbacks, TQDMProgressBar(refresh_rate=1)]
     return L.Trainer(
