@@ -211,8 +211,10 @@ def test_sigterm_in_training_saves_checkpoint_and_generator_and_a_second_command
     first = start_stage2(overrides)
     try:
         wait_for(lambda: any((run / "checkpoints").glob("step*.ckpt")), process=first)  # it is training
+        started = time.monotonic()
         second = cli_main(["stage2", "--config", str(TINY_RECIPE), *overrides])  # the same command again
         line = one_line_error(capsys)
+        assert time.monotonic() - started < 5
         assert second == 1 and line.startswith(f"vtp-gen stage2: error: {run} is in use: pid {first.pid}")
         first.send_signal(signal.SIGTERM)
         _, stderr = first.communicate(timeout=120)
@@ -313,3 +315,34 @@ def test_sigterm_while_sampling_keeps_the_finished_pngs(tmp_path, reference_dir)
     assert 16 <= len(pngs) < 100000 and not list((out / "images").glob(".*"))  # no half-written file
     for png in pngs:
         assert load_png(png).shape == (64, 64, 3)
+
+
+def test_sigterm_during_a_training_preview_abandons_the_grid_and_saves(tmp_path, reference_dir):
+    cache = make_latent_cache(tmp_path / "cache")
+    overrides = tiny_overrides(
+        tmp_path,
+        "grid",
+        cache,
+        f"latents.tokenizer={reference_dir / 'vtp_tiny_default'}",
+        "trainer.max_steps=100",
+        "preview.enabled=true",
+        "preview.every_n_steps=3",
+        "preview.steps=1000000",
+        "preview.cpu_steps=null",
+    )
+    run = tmp_path / "grid" / "stage2"
+    process = start_stage2(overrides, stdout=subprocess.PIPE)
+    try:
+        for line in process.stdout:
+            if line.startswith("[preview] grid of step 3"):
+                break
+        time.sleep(1.0)  # well into the sampler
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert "[preview] grid of step 3 abandoned: stop requested" in stdout
+    assert "stopped after step 3;" in stderr.strip().splitlines()[-1]
+    assert_saved(run, 3)
+    assert not list((run / "images").glob("*.png"))  # neither that grid nor an end-of-run one

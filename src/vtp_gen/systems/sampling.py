@@ -196,6 +196,12 @@ class SampleGridCallback(L.Callback):
             if requested() is not None:
                 raise StopRequested(requested())
 
+        if trainer.is_global_zero:
+            print(
+                f"[preview] grid of step {trainer.global_step}: {len(self.labels)} samples, "
+                f"{self.sampling['steps']} sampler points",
+                flush=True,
+            )
         hook = pl_module.ema.module.register_forward_pre_hook(stop_if_requested)
         try:
             self.write(trainer, pl_module)

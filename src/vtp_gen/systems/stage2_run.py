@@ -93,7 +93,8 @@ def ensure_latent_cache(cfg: DictConfig) -> Path:
         return folder
     if not cfg.latents.make_cache:
         raise FileNotFoundError(
-            f"no complete latent cache in {folder}: run `make cache` (see docs/latent-cache.md) or set "
+            f"no complete latent cache in {folder}: run `make cache` with the same run.name (it writes "
+            "runs/<run.name>/cache; see docs/latent-cache.md), point latents.cache_dir at a cache, or set "
             "latents.make_cache=true"
         )
     if _launched_with_many_processes():
