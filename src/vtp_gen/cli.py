@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 from vtp_gen.config import ConfigError, DataConfig, load_config
 from vtp_gen.systems.nonfinite import NonFiniteTrainingError
 from vtp_gen.utils.host_memory import keep_freed_host_memory
-from vtp_gen.utils.run_lock import FolderInUseError
+from vtp_gen.utils.run_lock import FolderInUseError, launching_process
 from vtp_gen.utils.stop_signals import StopRequested
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -177,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         _import(step.runner)(cfg)
     except StopRequested as e:
         # SIGTERM / SIGINT: the message says what was saved; the status is a signal death's (128 + signal).
-        print(f"vtp-gen {args.step}: stopped: {e}", file=sys.stderr)
+        if launching_process():  # every rank stops; one says so
+            print(f"vtp-gen {args.step}: stopped: {e}", file=sys.stderr)
         return e.exit_status
     except (FileNotFoundError, ConfigError, ValueError, NonFiniteTrainingError, FolderInUseError) as e:
         # Environment, input and divergence faults: one clear line, non-zero exit, no traceback wall.
