@@ -120,23 +120,36 @@ def ensure_latent_cache(cfg: DictConfig) -> Path:
     return folder
 
 
-def check_tokenizer_folder(folder: Path, needed_for: str, key: str) -> None:
-    """A one-line error now, instead of a failure after training, when ``folder`` is no VTP tokenizer."""
+def check_tokenizer_folder(folder: Path, needed_for: list[str]) -> None:
+    """A one-line error now, instead of a failure later, when ``folder`` is no VTP tokenizer folder."""
     weights = ("model.safetensors", "model.safetensors.index.json")
     has_weights = any((folder / name).is_file() for name in weights)
     if folder.is_dir() and (folder / "config.json").is_file() and has_weights:
         return
     state = "does not exist" if not folder.exists() else "has no config.json + model.safetensors"
+    ways_out = "set latents.tokenizer=PATH (the VTP folder the latents are made with, official layout)"
+    if needed_for == ["the preview grids"]:
+        ways_out += ", or preview.enabled=false to train without grids"
     raise FileNotFoundError(
-        f"tokenizer folder {folder} {state}, and {needed_for} decode with it: set {key}=PATH (the VTP "
-        "folder the latents were made with, official layout), or preview.enabled=false to train without grids"
+        f"tokenizer folder {folder} {state}, and {' and '.join(needed_for)} need it: {ways_out} "
+        "(`make stage1` writes runs/<run.name>/stage1/tokenizer)"
     )
 
 
 def check_inputs(cfg: DictConfig) -> None:
-    """What the end of the run needs, checked before its first step (the cache is checked when opened)."""
+    """What the run will need, checked before its first step (the cache's content is checked when opened).
+
+    The tokenizer: to make a missing cache, and to decode the preview grids,
+    the last of which comes after training.
+    """
+    cache = cache_folder(cfg)
+    needed_for = []
+    if cfg.latents.make_cache and not (is_complete(cache) or is_foreign_cache(cache)):
+        needed_for.append("making the latent cache")
     if cfg.preview.enabled:
-        check_tokenizer_folder(tokenizer_folder(cfg), "the preview grids", "latents.tokenizer")
+        needed_for.append("the preview grids")
+    if needed_for:
+        check_tokenizer_folder(tokenizer_folder(cfg), needed_for)
 
 
 def runs_on_cpu(trainer_cfg) -> bool:
