@@ -25,6 +25,7 @@ from vtp_gen.latents.manifest import CacheMismatchError, check_tokenizer
 from vtp_gen.latents.run import run
 from vtp_gen.latents.verify import main as verify_main
 from vtp_gen.latents.verify import verify_cache
+from vtp_gen.utils.run_lock import LOCK_FILE
 
 
 def _fashion_available() -> bool:
@@ -141,11 +142,15 @@ def test_latent_dataset_flips_standardises_and_inverts(cache):
 
 
 def test_rerun_on_a_complete_cache_does_nothing(cache, tokenizer_dir):
-    before = {p.name: p.stat().st_mtime_ns for p in cache.iterdir() if p.name != "config.yaml"}
+    def untouched():  # the run holds the folder's lock file while it checks
+        skip = ("config.yaml", LOCK_FILE)
+        return {p.name: p.stat().st_mtime_ns for p in cache.iterdir() if p.name not in skip}
+
+    before = untouched()
     result = run(cache_config(tokenizer_dir, cache))
     assert result.images_encoded == 0
     assert result.manifest["counts"]["images"] == NUM_IMAGES
-    assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir() if p.name != "config.yaml"} == before
+    assert untouched() == before
 
 
 def test_verify_detects_corrupted_missing_and_extra_files(cache, tmp_path, capsys):
