@@ -71,9 +71,13 @@ def _read_record(fd: int) -> dict | None:
 
 
 def _write_record(fd: int, record: dict | None) -> None:
-    os.ftruncate(fd, 0)
-    if record is not None:
-        os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+    # Best effort: the record only words the refusal message; a full disk must not stop the step here.
+    try:
+        os.ftruncate(fd, 0)
+        if record is not None:
+            os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+    except OSError:
+        pass
 
 
 def _busy_message(folder: Path, step: str, holder: dict | None) -> str:
