@@ -180,6 +180,7 @@ def start_stage2(overrides: list[str], stdout=subprocess.DEVNULL) -> subprocess.
         stdout=stdout,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,  # its own process group, for signals to the group as a scheduler sends them
     )
 
 
@@ -206,7 +207,8 @@ def assert_saved(run: Path, step: int) -> None:
 
 def test_sigterm_in_training_saves_checkpoint_and_generator_and_a_second_command_is_refused(tmp_path, capsys):
     cache = make_latent_cache(tmp_path / "cache")
-    overrides = tiny_overrides(tmp_path, "term", cache, "trainer.max_steps=100000")
+    # A loader worker, and SIGTERM to the whole process group: what a scheduler does at a time limit.
+    overrides = tiny_overrides(tmp_path, "term", cache, "trainer.max_steps=100000", "train.num_workers=1")
     run = tmp_path / "term" / "stage2"
     first = start_stage2(overrides)
     try:
@@ -216,7 +218,7 @@ def test_sigterm_in_training_saves_checkpoint_and_generator_and_a_second_command
         line = one_line_error(capsys)
         assert time.monotonic() - started < 5
         assert second == 1 and line.startswith(f"vtp-gen stage2: error: {run} is in use: pid {first.pid}")
-        first.send_signal(signal.SIGTERM)
+        os.killpg(first.pid, signal.SIGTERM)
         _, stderr = first.communicate(timeout=120)
     finally:
         first.kill()

@@ -31,6 +31,7 @@ from safetensors import safe_open
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vtp_gen.latents.dataset import LatentDataset
+from vtp_gen.utils.stop_signals import worker_ignores_stop_signals
 
 # One key per item: (micro-batch number, global index in the cache, use the flipped latent).
 ItemKey = tuple[int, int, bool]
@@ -215,6 +216,7 @@ class LatentDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
+            worker_init_fn=worker_ignores_stop_signals,  # a stop signal ends training after a step
         )
 
     def on_before_batch_transfer(self, batch, dataloader_idx: int = 0):

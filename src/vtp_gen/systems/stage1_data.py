@@ -43,6 +43,7 @@ from vtp_gen.data.decode import Skipped, collate_samples
 from vtp_gen.data.multicrop import MultiCropCollate
 from vtp_gen.data.transforms import CenterCropNormalize
 from vtp_gen.data.webdataset import ImageTextShards
+from vtp_gen.utils.stop_signals import worker_ignores_stop_signals
 
 
 def derive_seed(seed: int, *keys: int | str) -> int:
@@ -246,6 +247,7 @@ class Stage1DataModule(L.LightningDataModule):
             collate_fn=self.collate,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.data.num_workers > 0,
+            worker_init_fn=worker_ignores_stop_signals,  # a stop signal ends training after a step
         )
         if isinstance(dataset, IterableDataset):
             if isinstance(dataset, ImageTextShards):

@@ -13,7 +13,7 @@ import functools
 from collections.abc import Callable
 
 from vtp_gen.utils.run_lock import hold_folder
-from vtp_gen.utils.stop_signals import StopRequested, signal_name, stop_signals
+from vtp_gen.utils.stop_signals import StopRequested, requested, signal_name, stop_signals
 
 
 def guarded_step(step: str, folder_of: Callable, on_stop: str) -> Callable:
@@ -34,6 +34,18 @@ def guarded_step(step: str, folder_of: Callable, on_stop: str) -> Callable:
                         raise
                     message = f"{signal_name(stop.signum)} received during {step}: {on_stop}"
                     raise StopRequested(stop.signum, message, detailed=True) from None
+                except Exception as error:
+                    # After a stop signal, helpers die too: a scheduler signals the whole process group,
+                    # and DataLoader workers then report "killed by signal" in place of the stop.
+                    signum = requested()
+                    if signum is None:
+                        raise
+                    lines = str(error).strip().splitlines()
+                    what = type(error).__name__ + (f": {lines[0]}" if lines else "")
+                    message = (
+                        f"{signal_name(signum)} received during {step}: {on_stop} (stopping raised {what})"
+                    )
+                    raise StopRequested(signum, message, detailed=True) from error
 
         return guarded_run
 

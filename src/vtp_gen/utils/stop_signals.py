@@ -63,6 +63,7 @@ class _State:
         self.deferring = 0  # > 0 inside a loop that checks requested() at its step boundaries
         self.forward: Callable[[int], None] | None = None  # passes the signal on to launched ranks
         self.previous: dict[int, object] = {}
+        self.owner = 0  # the process that installed the handlers
 
 
 _state = _State()
@@ -74,6 +75,10 @@ def _notice(text: str) -> None:
 
 
 def _handle(signum: int, frame) -> None:
+    if os.getpid() != _state.owner:
+        # A forked helper (a DataLoader worker) that inherited the handler: Ctrl-C and a scheduler's
+        # SIGTERM reach it too. It is shut down by its parent, which stops as above.
+        return
     first = _state.requested is None
     now = time.monotonic()
     if first:
@@ -94,6 +99,7 @@ def _handle(signum: int, frame) -> None:
 def handle(signum: int) -> None:
     """Install this module's handler for ``signum`` (Lightning replaces the SIGTERM one when a fit starts)."""
     if threading.current_thread() is threading.main_thread():
+        _state.owner = os.getpid()
         signal.signal(signum, _handle)
 
 
@@ -101,7 +107,7 @@ def handle(signum: int) -> None:
 def stop_signals() -> Iterator[None]:
     """SIGTERM / SIGINT handled as the module docstring says, for the duration (nestable)."""
     if _state.depth == 0:
-        _state.requested = None
+        _state.requested, _state.owner = None, os.getpid()
         if threading.current_thread() is threading.main_thread():
             _state.previous = {signum: signal.getsignal(signum) for signum in SIGNALS}
             for signum in SIGNALS:
@@ -142,6 +148,19 @@ def deferred() -> Iterator[None]:
         yield
     finally:
         _state.deferring -= 1
+
+
+def worker_ignores_stop_signals(worker_id: int) -> None:
+    """``worker_init_fn`` of training DataLoaders: the workers ignore SIGTERM and SIGINT.
+
+    A scheduler signals every process of a job, Ctrl-C the whole process group.
+    torch's workers die at once on SIGTERM, and their parent then fails in the
+    middle of a step ("DataLoader worker ... is killed by signal") instead of
+    stopping after it with a checkpoint. Ignoring it, they are shut down by
+    their parent as at any end of training (or exit when it dies).
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def raise_if_requested(message: str) -> None:
