@@ -270,6 +270,7 @@ def test_sigterm_during_the_end_of_run_preview_loses_nothing(tmp_path, reference
     assert not list((run / "images").glob("*.png"))
 
 
+@pytest.mark.slow
 def test_sigterm_while_sampling_keeps_the_finished_pngs(tmp_path, reference_dir):
     from vtp_gen.interop.generators import save_generator
     from vtp_gen.models.registry import create_model
@@ -319,6 +320,7 @@ def test_sigterm_while_sampling_keeps_the_finished_pngs(tmp_path, reference_dir)
         assert load_png(png).shape == (64, 64, 3)
 
 
+@pytest.mark.slow
 def test_sigterm_during_a_training_preview_abandons_the_grid_and_saves(tmp_path, reference_dir):
     cache = make_latent_cache(tmp_path / "cache")
     overrides = tiny_overrides(
