@@ -133,9 +133,9 @@ def test_stage2_checks_the_preview_tokenizer_before_training(tmp_path, capsys):
 def test_the_preview_is_capped_on_a_cpu_but_not_for_the_tiny_recipe():
     paper = load_config(Stage2Config, REPO_ROOT / "configs" / "stage2" / "lightningdit_b1.yaml")
     paper.trainer.accelerator = "cpu"
-    assert preview_size(paper) == (4, 4, 25)
+    assert preview_size(paper) == (2, 4, 10)
     paper.preview.cpu_steps = None
-    assert preview_size(paper) == (4, 4, 250)
+    assert preview_size(paper) == (2, 4, 250)
     if torch.cuda.is_available():
         paper.trainer.accelerator = "gpu"
         assert preview_size(paper) == (8, 8, 250)  # the recipe's values on a GPU
