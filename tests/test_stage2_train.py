@@ -40,6 +40,7 @@ def test_training_learns_previews_and_exports_a_sampleable_generator(tmp_path, r
             "preview.rows=4",
             "preview.per_class=3",
             "preview.steps=4",
+            "preview.cpu_rows=null",  # 4 rows on this CPU too
         ),
     )
     result = run(cfg)

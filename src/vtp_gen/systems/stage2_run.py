@@ -226,6 +226,12 @@ def preview_callback(cfg: DictConfig, folder: Path, latents: LatentDataset, num_
     if cfg.preview.cfg_scale is not None:
         sampling.cfg_scale = cfg.preview.cfg_scale
     rows, per_class, sampling.steps = preview_size(cfg)
+    wanted = (cfg.preview.rows, cfg.preview.per_class, cfg.preview.steps or cfg.sampling.steps)
+    if (rows, per_class, sampling.steps) != wanted:
+        _say(
+            f"preview grids on a CPU: {rows}x{per_class} samples, {sampling.steps} sampler points instead of "
+            f"{wanted[0]}x{wanted[1]}, {wanted[2]} (preview.cpu_rows / cpu_per_class / cpu_steps=null lift this)"
+        )
     stats = latents.stats
 
     def make_decoder() -> LatentDecoder:
