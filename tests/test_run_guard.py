@@ -61,15 +61,19 @@ def one_line_error(capsys) -> str:
 # ----------------------------------------------------------------------------- locks
 
 
-def test_a_second_command_on_a_held_folder_refuses_at_once_in_one_line(tmp_path, capsys):
-    out = tmp_path / "samples"
-    holder = start_holder(out)
+@pytest.mark.parametrize("step", ["stage1", "cache", "sample", "eval"])
+def test_a_second_command_on_a_held_folder_refuses_at_once_in_one_line(tmp_path, capsys, step):
+    if step == "stage1":
+        folder, args = tmp_path / "x" / "stage1", [f"run.out_dir={tmp_path}", "run.name=x"]
+    else:
+        folder, args = tmp_path / step, [f"out_dir={tmp_path / step}"]
+    holder = start_holder(folder)
     try:
         started = time.monotonic()
-        status = cli_main(["sample", f"out_dir={out}", "generator=/nonexistent"])
+        status = cli_main([step, *args])
         line = one_line_error(capsys)
         assert status == 1 and time.monotonic() - started < 5
-        assert line.startswith(f"vtp-gen sample: error: {out} is in use: pid {holder.pid} on ")
+        assert line.startswith(f"vtp-gen {step}: error: {folder} is in use: pid {holder.pid} on ")
         assert "wait for it to end or stop it (kill" in line and "since" in line and "-c" in line
     finally:
         holder.kill()
