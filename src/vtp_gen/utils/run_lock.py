@@ -22,7 +22,6 @@ after another).
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import os
 import shlex
@@ -33,6 +32,11 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # not a POSIX system: folders are not locked
+    fcntl = None
 
 LOCK_FILE = ".vtp_gen.lock"
 RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID")
@@ -113,7 +117,7 @@ def _stale_warning(folder: Path, previous: dict) -> str:
 @contextmanager
 def hold_folder(folder: str | Path, step: str) -> Iterator[None]:
     """Hold ``folder`` for ``step`` (created if missing); :class:`FolderInUseError` when another holds it."""
-    if not launching_process():
+    if not launching_process() or fcntl is None:
         yield
         return
     folder = Path(folder)
