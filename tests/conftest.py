@@ -42,6 +42,7 @@ FAULT_FILES = {
     "test_webdataset_resume.py": "resume data position",
     "test_checkpoint_fallback.py": "damaged checkpoints",
     "test_disk_faults.py": "disk faults",
+    "test_cache_integrity.py": "foreign and corrupt files",
 }
 FAULT_KIND_BY_TEST = {
     "test_pickled_checkpoints_are_refused_without_unpickling": "untrusted files",

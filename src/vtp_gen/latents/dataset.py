@@ -15,11 +15,19 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file
+from safetensors.torch import load as load_safetensors_bytes
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from vtp_gen.latents.manifest import SHARD_PATTERN, STATS_FILE, check_tokenizer, read_manifest
+from vtp_gen.latents.manifest import (
+    MANIFEST_FILE,
+    SHARD_PATTERN,
+    STATS_FILE,
+    CacheMismatchError,
+    check_shard_bytes,
+    check_tokenizer,
+    read_manifest,
+)
 
 # Caches below this size are read into memory once (the embedded default is ~0.5 GB);
 # larger ones are read per item through memory-mapped safetensors.
@@ -78,19 +86,21 @@ def denormalize_latents(
     return stats.denormalize(z)
 
 
-def _shard_files(folder: Path) -> list[Path]:
+def _shard_files(folder: Path) -> tuple[list[Path], list[dict] | None]:
+    """The shard files in reading order, and their manifest entries (None for a cache without one)."""
     manifest = read_manifest(folder)
     if manifest is not None:
         if not manifest.get("complete"):
             raise FileNotFoundError(f"{folder}: the latent cache is not complete (rerun `make cache`)")
-        return [folder / shard["file"] for shard in manifest["shards"]]
+        entries = manifest["shards"]
+        return [folder / shard["file"] for shard in entries], entries
     # A cache written by other tools (e.g. LightningDiT's extract_features): its own sorted-glob order.
     files = sorted(p for p in folder.glob("*.safetensors") if SHARD_PATTERN.match(p.name))
     if not files:
         raise FileNotFoundError(
             f"{folder} holds no latents_rank*_shard*.safetensors files (run `make cache`)"
         )
-    return files
+    return files, None
 
 
 class LatentDataset(Dataset):
@@ -102,6 +112,11 @@ class LatentDataset(Dataset):
     path stage 2 decodes with) to refuse a cache made with another tokenizer.
     ``normalize=False`` returns the stored latents as they are (no statistics,
     no multiplier).
+    A cache with a manifest is checked against it as it is read: every shard's
+    size and SHA-256 (when the cache is preloaded, hashed from the bytes just
+    read; otherwise each shard when it is first opened) and image count. A
+    shard that differs, e.g. one copied in from a cache of another tokenizer,
+    raises :class:`CacheMismatchError` before any of its latents is used.
     Randomness comes from torch's generator, which DataLoader seeds per worker.
     """
 
@@ -117,15 +132,23 @@ class LatentDataset(Dataset):
         self.folder = Path(folder)
         if tokenizer is not None:
             check_tokenizer(self.folder, tokenizer)
-        self.files = _shard_files(self.folder)
+        self.files, self.entries = _shard_files(self.folder)
         self.stats = LatentStats.load(self.folder, multiplier) if normalize else None
         self.flip_prob = flip_prob
         self.counts: list[int] = []
         self.has_flips = True
-        for path in self.files:
+        for shard, path in enumerate(self.files):
+            if self.entries is not None and not path.is_file():
+                check_shard_bytes(self.folder, self.entries[shard])  # names the missing shard
             with safe_open(str(path), framework="pt") as f:
                 self.counts.append(f.get_slice("labels").get_shape()[0])
                 self.has_flips &= "latents_flip" in f.keys()
+            if self.entries is not None and self.counts[-1] != self.entries[shard]["num_images"]:
+                raise CacheMismatchError(
+                    f"latent cache {self.folder}: shard {path.name} holds {self.counts[-1]} latents, "
+                    f"{MANIFEST_FILE} says {self.entries[shard]['num_images']}: it was modified or copied from "
+                    "another cache. Restore it, or rerun `make cache` with overwrite=true to cache again"
+                )
         if flip_prob > 0 and not self.has_flips:
             raise ValueError(f"{self.folder} was cached without flips (flips=false): use flip_prob=0")
         self.offsets = [0]
@@ -136,9 +159,21 @@ class LatentDataset(Dataset):
         self.memory: dict[str, Tensor] | None = self._load_all() if preload else None
         self._handles: dict[int, object] = {}
 
+    def _read_shard(self, shard: int) -> dict[str, Tensor]:
+        # One read: the bytes are hashed and parsed from the same buffer.
+        data = self.files[shard].read_bytes()
+        if self.entries is not None:
+            check_shard_bytes(self.folder, self.entries[shard], data)
+        return load_safetensors_bytes(data)
+
+    def _open(self, shard: int):
+        if self.entries is not None:
+            check_shard_bytes(self.folder, self.entries[shard])  # once per shard and process
+        return safe_open(str(self.files[shard]), framework="pt")
+
     def _load_all(self) -> dict[str, Tensor]:
         keys = ("latents", "latents_flip", "labels") if self.has_flips else ("latents", "labels")
-        parts = [load_file(str(path)) for path in self.files]
+        parts = [self._read_shard(shard) for shard in range(len(self.files))]
         return {key: torch.cat([p[key] for p in parts]) for key in keys}
 
     def __len__(self) -> int:
@@ -161,7 +196,7 @@ class LatentDataset(Dataset):
         row = index - self.offsets[shard]
         handle = self._handles.get(shard)
         if handle is None:
-            handle = self._handles[shard] = safe_open(str(self.files[shard]), framework="pt")
+            handle = self._handles[shard] = self._open(shard)
         return handle.get_slice(key)[row : row + 1][0], handle.get_slice("labels")[row : row + 1][0]
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:

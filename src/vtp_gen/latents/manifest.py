@@ -181,3 +181,45 @@ def check_tokenizer(folder: str | Path, tokenizer: str | Path) -> dict:
             "tokenizer the cache was made with."
         )
     return manifest
+
+
+def check_shard_bytes(folder: str | Path, entry: dict, data: bytes | None = None) -> bytes:
+    """Refuse a shard whose size or checksum differs from its manifest entry; returns its bytes.
+
+    Pass ``data`` when the shard was already read (the check then costs one hash, no read).
+    A shard copied in from another cache, even one of the same shape, has another checksum.
+    """
+    path = Path(folder) / entry["file"]
+    if data is None:
+        if not path.is_file():
+            raise CacheMismatchError(
+                f"latent cache {folder}: shard {entry['file']} listed in {MANIFEST_FILE} is missing; "
+                "restore it, or rerun `make cache` with overwrite=true to cache again"
+            )
+        data = path.read_bytes()
+    if len(data) != entry["bytes"] or sha256_bytes(data) != entry["sha256"]:
+        raise CacheMismatchError(
+            f"latent cache {folder}: shard {entry['file']} does not match {MANIFEST_FILE} (sha256 "
+            f"{sha256_bytes(data)[:12]}, {len(data)} bytes; the manifest says {entry['sha256'][:12]}, "
+            f"{entry['bytes']} bytes): it was modified or copied from another cache. Restore it, or rerun "
+            "`make cache` with overwrite=true to cache again"
+        )
+    return data
+
+
+def find_shard_mismatch(folder: str | Path, manifest: dict) -> str | None:
+    """The first shard that is missing, differs from the manifest or is not listed (one read of the cache)."""
+    listed = {entry["file"] for entry in manifest.get("shards", [])}
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        if SHARD_PATTERN.match(path.name) and path.name not in listed:
+            # LightningDiT's reader globs every shard file: an unlisted one adds images.
+            return (
+                f"latent cache {folder}: shard {path.name} is not listed in {MANIFEST_FILE}; remove it, or "
+                "rerun `make cache` with overwrite=true to cache again"
+            )
+    for entry in manifest.get("shards", []):
+        try:
+            check_shard_bytes(folder, entry)
+        except CacheMismatchError as e:
+            return str(e)
+    return None

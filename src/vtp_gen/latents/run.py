@@ -37,6 +37,7 @@ from vtp_gen.latents.manifest import (
     STATS_FILE,
     CacheMismatchError,
     dataset_fingerprint,
+    find_shard_mismatch,
     plan_differences,
     read_json,
     read_manifest,
@@ -162,7 +163,13 @@ def prepare_folder(folder: Path, plan: dict, overwrite: bool) -> bool:
             else ["(shards of unknown origin, no manifest)"]
         )
         if not diffs and manifest is not None and manifest.get("complete"):
-            return True
+            # Complete only if every shard still is what the manifest says (one read of the cache).
+            problem = find_shard_mismatch(folder, manifest)
+            if problem is None:
+                return True
+            if not overwrite:
+                raise CacheMismatchError(problem)
+            diffs = ["shards"]
         if diffs:
             if not overwrite:
                 made_with = (previous or {}).get("tokenizer", {}).get("path", "?")
