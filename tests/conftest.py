@@ -43,6 +43,8 @@ FAULT_FILES = {
     "test_checkpoint_fallback.py": "damaged checkpoints",
     "test_disk_faults.py": "disk faults",
     "test_cache_integrity.py": "foreign and corrupt files",
+    "test_divergence_recovery.py": "numerical faults",
+    "test_resume_settings.py": "config and environment",
 }
 FAULT_KIND_BY_TEST = {
     "test_pickled_checkpoints_are_refused_without_unpickling": "untrusted files",

@@ -36,6 +36,7 @@ from vtp_gen.latents.manifest import PROGRESS_DIR, SHARD_PATTERN, STATS_FILE, is
 from vtp_gen.models.registry import create_model
 from vtp_gen.systems.flow_matching import AdamWSettings, LatentFlowMatching
 from vtp_gen.systems.latent_data import LatentDataModule, cache_labels, count_classes, latent_shape
+from vtp_gen.systems.resume import FixedSettings, state_dict_mismatch
 from vtp_gen.systems.sampling import LatentDecoder, SampleGridCallback, preview_labels, sampling_kwargs
 from vtp_gen.systems.trainer import build_trainer, find_resume_checkpoint, keep_csv_history
 from vtp_gen.transport import Transport
@@ -289,8 +290,9 @@ def run(cfg: DictConfig, callbacks: list | None = None) -> Stage2Result:
     )
     speed = SpeedMeter()
     preview = preview_callback(cfg, folder, latents, model.num_classes) if cfg.preview.enabled else None
-    own_callbacks = [speed, preview] if preview else [speed]
-    resume = find_resume_checkpoint(folder / "checkpoints")
+    own_callbacks = [speed, FixedSettings(cfg), *([preview] if preview else [])]
+    # A checkpoint of another model (say last.ckpt copied from another run) is passed over, not loaded.
+    resume = find_resume_checkpoint(folder / "checkpoints", state_dict_mismatch(system.state_dict()))
     if resume is not None:
         _say(f"resuming from {resume}")
         keep_csv_history(folder / "logs")  # before the CSV logger exists: it deletes metrics.csv
