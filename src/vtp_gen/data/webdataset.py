@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import os
 import tarfile
 from collections.abc import Iterable, Iterator
 
@@ -144,6 +145,18 @@ def batches_delivered_by_worker(batches: int, worker: int, num_workers: int) -> 
     return max(0, (batches - worker + num_workers - 1) // num_workers)
 
 
+def check_local_shards(shards: str | list[str]) -> None:
+    """A configured local shard that does not exist is an error naming it (remote URLs are not checked)."""
+    urls = wds.shardlists.expand_urls(shards) if isinstance(shards, str) else list(shards)
+    local = [u for u in urls if "://" not in u and not u.startswith("pipe:")]
+    missing = [u for u in local if not os.path.isfile(u)]
+    if missing:
+        raise FileNotFoundError(
+            f"data.shards: {len(missing)} of {len(urls)} shards do not exist (first: {missing[0]}); "
+            "fix the pattern, e.g. '/data/shards/{00000..00099}.tar'"
+        )
+
+
 class ImageTextShards(IterableDataset):
     """Iterate (image, caption[, label]) dicts or Skipped records from tar shards.
 
@@ -172,6 +185,7 @@ class ImageTextShards(IterableDataset):
             raise ValueError("webdataset source needs data.shards, e.g. '/data/shards/{00000..00099}.tar'")
         if resampled and resume_after_batches:
             raise ValueError("a resampled stream is resumed with a new seed, not by skipping batches")
+        check_local_shards(shards)
         self.shards = shards
         self.transform = transform
         self.resampled = resampled

@@ -28,6 +28,7 @@ from vtp_gen.latents.manifest import (
     check_tokenizer,
     read_manifest,
 )
+from vtp_gen.pretrained.safe_unpickle import load_tensors_only
 
 # Caches below this size are read into memory once (the embedded default is ~0.5 GB);
 # larger ones are read per item through memory-mapped safetensors.
@@ -49,7 +50,7 @@ class LatentStats:
             raise FileNotFoundError(
                 f"{path} not found: a latent cache needs its statistics file (run `make cache`)"
             )
-        stats = torch.load(path, map_location="cpu", weights_only=True)
+        stats = load_tensors_only(path)
         mean, std = stats["mean"].float(), stats["std"].float()
         if mean.dim() != 4 or mean.shape[0] != 1 or mean.shape[2:] != (1, 1) or std.shape != mean.shape:
             raise ValueError(f"{path}: mean/std must have shape (1, C, 1, 1), got {tuple(mean.shape)}")

@@ -19,6 +19,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 
 from vtp_gen.config import ConfigError, TrainerConfig
+from vtp_gen.pretrained.safe_unpickle import load_tensors_only
 from vtp_gen.systems.nonfinite import GuardedModelCheckpoint, NonFiniteGuard
 from vtp_gen.utils.atomic import atomic_output
 
@@ -35,7 +36,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, tmp)
 
     def load_checkpoint(self, path, map_location=None, weights_only=True):
-        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+        return load_tensors_only(path, map_location=map_location or "cpu")
 
 
 def read_checkpoint(path: Path) -> dict | None:
