@@ -8,6 +8,7 @@ equal latents give equal files).
 """
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -65,8 +66,7 @@ def test_stage2_refuses_a_foreign_shard_in_one_line(salted, tmp_path, capsys):
     tokenizer_dir, folder = salted
     for preload in (True, False):
         with pytest.raises(CacheMismatchError, match=f"shard {SHARD} does not match manifest.json"):
-            dataset = LatentDataset(folder, tokenizer=tokenizer_dir, preload=preload)
-            dataset.raw(200)  # memory-mapped: checked when its shard (128-255) is first opened
+            LatentDataset(folder, tokenizer=tokenizer_dir, preload=preload)
     overrides = tiny_overrides(tmp_path, "salted", folder, "trainer.max_steps=2")
     overrides = [o for o in overrides if not o.startswith("latents.verify_tokenizer")]
     status = cli_main(["stage2", *overrides, f"latents.tokenizer={tokenizer_dir}"])
@@ -90,6 +90,29 @@ def test_make_cache_does_not_call_a_salted_cache_complete(salted, two_caches):
     assert result.images_encoded == 300
     assert verify_cache(folder).ok
     assert checksums(folder) == checksums(two_caches[1].parent / "good")
+
+
+@pytest.mark.faults
+def test_a_shard_rewritten_with_its_old_mtime_is_still_hashed(two_caches, tmp_path):
+    """Reading a cache hashes only shards whose file changed since they were hashed; any write counts."""
+    tokenizer_dir, good, foreign = two_caches
+    folder = shutil.copytree(good, tmp_path / "copy")
+    assert (good / "verified.json").is_file()  # the cache step stamps the shards it just hashed
+    LatentDataset(folder, tokenizer=tokenizer_dir)  # the copy has new files: hashed once, stamped
+    stamps = json.loads((folder / "verified.json").read_text())["shards"]
+    assert sorted(stamps) == sorted(
+        s["file"] for s in json.loads((folder / "manifest.json").read_text())["shards"]
+    )
+    LatentDataset(folder, tokenizer=tokenizer_dir)
+    shard = folder / SHARD
+    before = shard.stat()
+    shard.write_bytes((foreign / SHARD).read_bytes())
+    os.utime(shard, ns=(before.st_atime_ns, before.st_mtime_ns))  # as `touch -r` / `cp -p` would
+    assert shard.stat().st_size == before.st_size and shard.stat().st_mtime_ns == before.st_mtime_ns
+    with pytest.raises(CacheMismatchError, match=f"shard {SHARD} does not match"):
+        LatentDataset(folder, tokenizer=tokenizer_dir, preload=False)
+    with pytest.raises(CacheMismatchError, match=f"shard {SHARD} does not match"):
+        run(cache_config(tokenizer_dir, folder))
 
 
 def test_shard_bytes_do_not_depend_on_metadata_order():

@@ -24,6 +24,7 @@ from vtp_gen.latents.manifest import (
     SHARD_PATTERN,
     STATS_FILE,
     CacheMismatchError,
+    ShardStamps,
     check_shard_bytes,
     check_tokenizer,
     read_manifest,
@@ -113,11 +114,11 @@ class LatentDataset(Dataset):
     path stage 2 decodes with) to refuse a cache made with another tokenizer.
     ``normalize=False`` returns the stored latents as they are (no statistics,
     no multiplier).
-    A cache with a manifest is checked against it as it is read: every shard's
-    size and SHA-256 (when the cache is preloaded, hashed from the bytes just
-    read; otherwise each shard when it is first opened) and image count. A
-    shard that differs, e.g. one copied in from a cache of another tokenizer,
-    raises :class:`CacheMismatchError` before any of its latents is used.
+    A cache with a manifest is checked against it when opened: every shard's
+    image count, and its size and SHA-256 unless its file is unchanged since it
+    was last hashed (:class:`ShardStamps`; a preloaded shard is hashed from the
+    bytes just read). A shard that differs, e.g. one copied in from a cache of
+    another tokenizer, raises :class:`CacheMismatchError` before training.
     Randomness comes from torch's generator, which DataLoader seeds per worker.
     """
 
@@ -157,20 +158,25 @@ class LatentDataset(Dataset):
             self.offsets.append(self.offsets[-1] + count)
         if preload is None:
             preload = sum(p.stat().st_size for p in self.files) <= PRELOAD_LIMIT_BYTES
+        self._stamps = ShardStamps(self.folder) if self.entries is not None else None
         self.memory: dict[str, Tensor] | None = self._load_all() if preload else None
+        if not preload and self._stamps is not None:
+            for entry in self.entries:
+                if not self._stamps.trusted(entry):
+                    check_shard_bytes(self.folder, entry)  # one read, before training
+                    self._stamps.add(entry)
+        if self._stamps is not None:
+            self._stamps.save()
+        self._stamps = None  # nothing to carry into DataLoader workers
         self._handles: dict[int, object] = {}
 
     def _read_shard(self, shard: int) -> dict[str, Tensor]:
-        # One read: the bytes are hashed and parsed from the same buffer.
+        # One read: the bytes are hashed (unless stamped unchanged) and parsed from the same buffer.
         data = self.files[shard].read_bytes()
-        if self.entries is not None:
+        if self._stamps is not None and not self._stamps.trusted(self.entries[shard]):
             check_shard_bytes(self.folder, self.entries[shard], data)
+            self._stamps.add(self.entries[shard])
         return load_safetensors_bytes(data)
-
-    def _open(self, shard: int):
-        if self.entries is not None:
-            check_shard_bytes(self.folder, self.entries[shard])  # once per shard and process
-        return safe_open(str(self.files[shard]), framework="pt")
 
     def _load_all(self) -> dict[str, Tensor]:
         keys = ("latents", "latents_flip", "labels") if self.has_flips else ("latents", "labels")
@@ -197,7 +203,7 @@ class LatentDataset(Dataset):
         row = index - self.offsets[shard]
         handle = self._handles.get(shard)
         if handle is None:
-            handle = self._handles[shard] = self._open(shard)
+            handle = self._handles[shard] = safe_open(str(self.files[shard]), framework="pt")
         return handle.get_slice(key)[row : row + 1][0], handle.get_slice("labels")[row : row + 1][0]
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:

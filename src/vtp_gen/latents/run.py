@@ -35,6 +35,7 @@ from vtp_gen.latents.manifest import (
     PROGRESS_DIR,
     SHARD_PATTERN,
     STATS_FILE,
+    VERIFIED_FILE,
     CacheMismatchError,
     dataset_fingerprint,
     find_shard_mismatch,
@@ -143,7 +144,7 @@ def clear_cache_files(folder: Path) -> None:
     for path in folder.iterdir():
         if (
             SHARD_PATTERN.match(path.name)
-            or path.name in (STATS_FILE, MANIFEST_FILE)
+            or path.name in (STATS_FILE, MANIFEST_FILE, VERIFIED_FILE)
             or (path.name.startswith(".latents_rank"))
         ):
             path.unlink(missing_ok=True)  # another rank of a torchrun launch may have removed it
