@@ -9,9 +9,11 @@ file system, and a zero-step run.
 
 import errno
 import json
+import os
 import shutil
 
 import pytest
+import torch
 
 from vtp_gen.cli import main as cli_main
 from vtp_gen.cli import write_fault_message
@@ -105,3 +107,27 @@ def test_zero_steps_are_refused(capsys):
     assert cli_main(["stage2", "trainer.max_steps=0", "--print-config"]) == 2
     assert "'trainer.max_steps': 0 (must be >= 1)" in one_line(capsys)
     assert cli_main(["stage1", "trainer.max_steps=0", "--print-config"]) == 2
+
+
+def test_a_checkpoint_of_another_model_size_is_passed_over_then_refused(tmp_path):
+    from vtp_gen.config import ConfigError
+    from vtp_gen.systems.resume import state_dict_mismatch
+    from vtp_gen.systems.trainer import AtomicCheckpointIO, find_resume_checkpoint
+
+    model = torch.nn.Linear(4, 2)
+    folder = tmp_path / "checkpoints"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"global_step": 4, "state_dict": model.state_dict()}, folder / "step00000004.ckpt")
+    os.utime(folder / "step00000004.ckpt", (0, 0))
+    wider = torch.nn.Linear(4, 8).state_dict()
+    io.save_checkpoint({"global_step": 8, "state_dict": wider}, folder / "last.ckpt")
+    with pytest.warns(
+        UserWarning, match=r"last.ckpt does not fit this model \(weight is \(8, 4\) there, \(2, 4\)"
+    ):
+        assert (
+            find_resume_checkpoint(folder, state_dict_mismatch(model.state_dict()))
+            == folder / "step00000004.ckpt"
+        )
+    (folder / "step00000004.ckpt").unlink()
+    with pytest.raises(ConfigError, match="no checkpoint in .* fits this model .*cannot change on a resume"):
+        find_resume_checkpoint(folder, state_dict_mismatch(model.state_dict()))
