@@ -46,6 +46,7 @@ FAULT_FILES = {
     "test_divergence_recovery.py": "numerical faults",
     "test_resume_settings.py": "config and environment",
     "test_user_errors.py": "config and environment",
+    "test_salted_accounting.py": "bad input",
 }
 FAULT_KIND_BY_TEST = {
     "test_pickled_checkpoints_are_refused_without_unpickling": "untrusted files",
