@@ -42,6 +42,11 @@ FAULT_FILES = {
     "test_webdataset_resume.py": "resume data position",
     "test_checkpoint_fallback.py": "damaged checkpoints",
     "test_disk_faults.py": "disk faults",
+    "test_cache_integrity.py": "foreign and corrupt files",
+    "test_divergence_recovery.py": "numerical faults",
+    "test_resume_settings.py": "config and environment",
+    "test_user_errors.py": "config and environment",
+    "test_salted_accounting.py": "bad input",
     "test_run_guard.py": "locks and stop signals",
 }
 FAULT_KIND_BY_TEST = {

@@ -9,6 +9,7 @@ decompression-bomb guard at ``MAX_PIXELS``.
 import io
 import json
 import tarfile
+from collections import Counter
 
 import numpy as np
 from PIL import Image
@@ -41,7 +42,7 @@ def salted_files() -> dict[str, tuple[bytes, str]]:
         "truncated.jpg": (jpeg_bytes(good)[:300], "truncated_image"),
         "zero.jpg": (b"", "empty_file"),
         "notimage.jpg": (b"this is a text file, not a jpeg" * 10, "not_an_image"),
-        "gray.png": (png_bytes(good.convert("L")), "ok"),
+        "gray.png": (png_bytes(good.convert("L")), "converted_l"),
         "cmyk.jpg": (jpeg_bytes(good.convert("CMYK")), "converted_cmyk"),
         "sixteen.png": (png_bytes(sixteen), "converted_16bit"),
         "palette.png": (png_bytes(good.convert("P")), "converted_p"),
@@ -55,8 +56,11 @@ def tar_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def write_salted_shard(path, n_good=4) -> None:
-    """Good pairs, every salted image with a caption, an empty caption and a caption that is not UTF-8."""
+def write_salted_shard(path, n_good=4, metadata_faults: bool = False) -> None:
+    """Good pairs, every salted image with a caption, an empty caption and a caption that is not UTF-8.
+
+    ``metadata_faults`` adds a sample whose json label is ``"abc"`` and one whose json is not JSON.
+    """
     with tarfile.open(path, "w") as tar:
         for i in range(n_good):
             tar_member(tar, f"{i:04d}.jpg", jpeg_bytes(photo(seed=i)))
@@ -70,6 +74,20 @@ def write_salted_shard(path, n_good=4) -> None:
         tar_member(tar, "empty_caption.txt", b"")
         tar_member(tar, "latin1.jpg", jpeg_bytes(photo()))
         tar_member(tar, "latin1.txt", b"caf\xe9")
+        if metadata_faults:
+            for key, meta in (("badlabel", b'{"label": "abc"}'), ("badjson", b'{"label": 1,')):
+                tar_member(tar, f"{key}.jpg", jpeg_bytes(photo()))
+                tar_member(tar, f"{key}.txt", b"a caption")
+                tar_member(tar, f"{key}.json", meta)
+
+
+def planted_in_shard(n_good=4, metadata_faults: bool = False) -> Counter:
+    """What :func:`write_salted_shard` plants, by kind ("ok" = used as it is), captions required."""
+    planted = Counter({"ok": n_good, "empty_caption": 1, "caption_not_utf8": 1})
+    planted.update(kind for _, kind in salted_files().values())
+    if metadata_faults:
+        planted.update(["bad_label", "bad_json"])
+    return planted
 
 
 def damage_member_header(path, member: str) -> None:

@@ -150,6 +150,9 @@ def test_missing_fashion_mnist_says_how_to_get_it(tmp_path, monkeypatch):
     monkeypatch.setattr(fm, "DEFAULT_ROOT", tmp_path / "absent")
     monkeypatch.delenv("VTP_GEN_FASHION_MNIST", raising=False)
     with pytest.raises(FileNotFoundError, match="apt-get install -y dataset-fashion-mnist"):
+        fm.FashionMNIST()
+    # A folder that was asked for is never replaced by another copy: the error names it.
+    with pytest.raises(FileNotFoundError, match=r"data.root=.*also-absent: does not exist"):
         fm.FashionMNIST(tmp_path / "also-absent")
 
 

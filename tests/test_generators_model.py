@@ -4,7 +4,16 @@ import pytest
 import torch
 
 from vtp_gen import create_model, list_models
+from vtp_gen.models.attention import split_heads
 from vtp_gen.models.generators import LightningDiT, combine_guidance
+from vtp_gen.models.generators.layers import (
+    Attention,
+    AxialRotaryEmbedding,
+    RMSNorm,
+    gated_residual,
+    modulate,
+    norm_modulate,
+)
 from vtp_gen.transport import guided_velocity
 
 TINY = dict(input_size=8, in_channels=6, hidden_size=64, depth=2, num_heads=4, num_classes=5)
@@ -183,3 +192,83 @@ def test_rope_depends_on_position_and_sincos_table_is_fixed():
     # Rotations preserve norms.
     q = torch.randn(1, 4, 64, 16)
     torch.testing.assert_close(rope(q).norm(dim=-1), q.norm(dim=-1))
+
+
+def _grads(fn, *inputs):
+    inputs = [t.detach().clone().requires_grad_(True) for t in inputs]
+    out = fn(*inputs)
+    out.backward(torch.linspace(-1, 1, out.numel()).reshape(out.shape))
+    return out.detach(), [t.grad for t in inputs]
+
+
+@pytest.mark.parametrize("norm_kind", ["rmsnorm", "layernorm"])
+@pytest.mark.parametrize("with_shift", [True, False])
+def test_norm_modulate_is_modulate_of_norm_in_one_pass(norm_kind, with_shift):
+    # The fused form folds the RMSNorm weight into the per-sample factor: same values and gradients.
+    if norm_kind == "rmsnorm":
+        norm = RMSNorm(32)
+        with torch.no_grad():
+            norm.weight.copy_(torch.rand(32) + 0.5)
+    else:
+        norm = torch.nn.LayerNorm(32, elementwise_affine=False, eps=1e-6)
+    x, scale, shift = torch.randn(3, 10, 32), torch.randn(3, 32), torch.randn(3, 32)
+
+    def reference(x, scale, shift):
+        return modulate(norm(x), shift if with_shift else None, scale)
+
+    def fused(x, scale, shift):
+        return norm_modulate(norm, x, shift if with_shift else None, scale)
+
+    expected, expected_grads = _grads(reference, x, scale, shift)
+    weight_grads = [p.grad.clone() for p in norm.parameters()]
+    norm.zero_grad()
+    out, grads = _grads(fused, x, scale, shift)
+    grads += [p.grad for p in norm.parameters()]
+    expected_grads += weight_grads
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    for got, want in zip(grads, expected_grads):
+        if want is None:
+            assert got is None or not got.any()
+        else:
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_gated_residual():
+    x, gate, update = torch.randn(2, 5, 8), torch.randn(2, 8), torch.randn(2, 5, 8)
+    torch.testing.assert_close(gated_residual(x, gate, update), x + gate.unsqueeze(1) * update)
+
+
+def test_complex_rope_equals_the_real_rotation_and_rotate_qk_splits_scales_and_rotates():
+    rope = AxialRotaryEmbedding(head_dim=16, grid_size=4)
+    q = torch.randn(2, 3, 16, 16)
+    real = q * rope.freqs_cos + rope.rotate_pairs(q) * rope.freqs_sin
+    assert rope.takes_complex_path(q) and not rope.takes_complex_path(q.bfloat16())
+    torch.testing.assert_close(rope(q), real, rtol=1e-6, atol=1e-6)
+    # bf16 keeps the real formulation.
+    torch.testing.assert_close(rope(q.bfloat16()).float(), real, rtol=2e-2, atol=2e-2)
+
+    qkv = torch.randn(2, 16, 3 * 3 * 16, requires_grad=True)
+    q_rot, k_rot, v = rope.rotate_qk(qkv, num_heads=3, q_scale=0.25)
+    q_ref, k_ref, v_ref = split_heads(qkv, 3)
+    torch.testing.assert_close(q_rot, 0.25 * rope(q_ref))
+    torch.testing.assert_close(k_rot, rope(k_ref))
+    torch.testing.assert_close(v, v_ref)
+    # Gradients flow back into the fused projection's layout like the unfused path's.
+    weights = [torch.randn(t.shape) for t in (q_rot, k_rot, v)]
+    fused_grad = torch.autograd.grad(sum((t * w).sum() for t, w in zip((q_rot, k_rot, v), weights)), qkv)[0]
+    ref_outputs = (0.25 * rope(q_ref), rope(k_ref), v_ref)
+    ref_grad = torch.autograd.grad(sum((t * w).sum() for t, w in zip(ref_outputs, weights)), qkv)[0]
+    torch.testing.assert_close(fused_grad, ref_grad, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("use_qknorm", [False, True])
+def test_attention_fast_path_matches_the_unfused_path(use_qknorm):
+    # The q/k rotation with the folded scale (no QK-norm) and the per-tensor path give the same attention.
+    attention = Attention(64, 4, qk_norm=use_qknorm, use_rmsnorm=True)
+    rope = AxialRotaryEmbedding(16, 4)
+    x = torch.randn(2, 16, 64)
+    q, k, v = split_heads(attention.qkv(x), 4)
+    q, k = attention.q_norm(q), attention.k_norm(k)
+    expected = torch.softmax(rope(q) @ rope(k).transpose(-2, -1) / 4.0, dim=-1) @ v
+    expected = attention.proj(expected.transpose(1, 2).reshape(2, 16, 64))
+    torch.testing.assert_close(attention(x, rope), expected, rtol=1e-5, atol=1e-5)

@@ -97,11 +97,17 @@ def test_a_streak_stops_the_run_and_the_checkpoint_predates_the_fault(tmp_path):
         fit(tmp_path, poisoned={5, 6, 7, 8, 9}, max_steps=12, limit=3, module=module)
     assert [h["skipped"] for h in module.history] == [False] * 5 + [True] * 2  # the third one raised
     last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
-    # Written after a skipped step (6) or before the fault: either way the last good weights.
-    assert last["global_step"] <= 6
+    # The newest checkpoint from before the first bad step (5): step 4, after four good updates.
+    # The one of step 6 was held back, and none of the bad steps' checkpoints is left to resume from.
+    assert last["global_step"] == 4
     torch.testing.assert_close(
-        last["state_dict"]["layer.weight"], module.history[4]["weight"], rtol=0, atol=0
+        last["state_dict"]["layer.weight"], module.history[3]["weight"], rtol=0, atol=0
     )
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("*.ckpt")) == [
+        "last.ckpt",
+        "step00000002.ckpt",
+        "step00000004.ckpt",
+    ]
 
 
 def test_guard_keeps_its_count_across_a_resume():

@@ -170,7 +170,8 @@ def test_sample_refuses_a_code_running_latent_statistics_file_in_one_line(tmp_pa
     )
     line = one_line_error(capsys)
     assert status == 1 and not marker.exists()
-    assert line.startswith(f"vtp-gen sample: error: {stats} holds pickled objects, not only tensors")
+    assert line.startswith(f"vtp-gen sample: error: {stats}: refused to load (")
+    assert "which could run code when loaded" in line
 
 
 # ----------------------------------------------------------------------------- SIGTERM

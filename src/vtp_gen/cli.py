@@ -16,6 +16,7 @@ import importlib
 import importlib.util
 import json
 import os
+import pickle
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from vtp_gen.config import ConfigError, DataConfig, load_config
+from vtp_gen.pretrained.safe_unpickle import unpickling_reason
 from vtp_gen.systems.nonfinite import NonFiniteTrainingError
 from vtp_gen.utils.host_memory import keep_freed_host_memory
 from vtp_gen.utils.run_lock import FolderInUseError, launching_process
@@ -30,6 +32,13 @@ from vtp_gen.utils.stop_signals import StopRequested
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WRITE_FAULTS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES)
+WRITE_FAULT_REMEDY = {
+    errno.ENOSPC: "free some space (or lift the limit) or choose another output folder",
+    errno.EFBIG: "free some space (or lift the limit) or choose another output folder",
+    errno.EDQUOT: "free some space (or lift the quota) or choose another output folder",
+    errno.EROFS: "the file system is read-only: remount it writable or choose another output folder",
+    errno.EACCES: "no permission to write there: fix the folder's permissions or choose another output folder",
+}
 REPO_CONFIGS = REPO_ROOT / "configs"
 
 
@@ -88,6 +97,12 @@ STEPS: dict[str, Step] = {
         9,
     ),
 }
+
+
+def write_fault_message(error: OSError) -> str:
+    """What went wrong and the remedy that fits it (a read-only disk is not fixed by freeing space)."""
+    remedy = WRITE_FAULT_REMEDY.get(error.errno, WRITE_FAULT_REMEDY[errno.ENOSPC])
+    return f"could not write {error.filename or 'an output file'}: {error.strerror}; {remedy}, then rerun to resume"
 
 
 def _import(path: str):
@@ -184,16 +199,19 @@ def main(argv: list[str] | None = None) -> int:
         # Environment, input and divergence faults: one clear line, non-zero exit, no traceback wall.
         print(f"vtp-gen {args.step}: error: {e}", file=sys.stderr)
         return 1
+    except pickle.UnpicklingError as e:
+        # A loader that names its file raises RefusedPickleError (a ValueError) instead; this is the
+        # backstop, and like it never passes on PyTorch's advice to load with weights_only=False.
+        print(
+            f"vtp-gen {args.step}: error: refused to unpickle a file: {unpickling_reason(e)}", file=sys.stderr
+        )
+        return 1
     except OSError as e:
         if e.errno not in WRITE_FAULTS:
             raise
         # Full disk, file-size or quota limit, read-only or forbidden folder: nothing half-written was
         # left under a real name (vtp_gen/utils/atomic.py), so a rerun after fixing it resumes.
-        print(
-            f"vtp-gen {args.step}: error: could not write {e.filename or 'an output file'}: {e.strerror}; "
-            "free some space (or lift the limit) or choose another output folder, then rerun to resume",
-            file=sys.stderr,
-        )
+        print(f"vtp-gen {args.step}: error: {write_fault_message(e)}", file=sys.stderr)
         return 1
     return 0
 

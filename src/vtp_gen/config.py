@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
@@ -160,7 +161,13 @@ def load_config(
         path = Path(item)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        values = OmegaConf.load(path)
+        try:
+            values = OmegaConf.load(path)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
         if values is None:
             values = OmegaConf.create({})
         _check_keys(cfg, OmegaConf.to_container(values), str(path))
@@ -181,6 +188,8 @@ def load_config(
 # means "as data.batch_size"). (low, low_inclusive, high).
 _RANGES: dict[str, tuple[float, bool, float]] = {
     **{k: (0, False, math.inf) for k in ("data.batch_size", "global_batch_size", "lr", "disc_lr")},
+    # A run of 0 steps would export untrained weights as if trained.
+    "trainer.max_steps": (1, True, math.inf),
     **{
         k: (0, True, math.inf)
         for k in (

@@ -23,6 +23,8 @@ from collections import Counter
 import torch.distributed as dist
 
 from vtp_gen.data.decode import (
+    BAD_JSON,
+    BAD_LABEL,
     BAD_TAR_MEMBER,
     EMPTY_CAPTION,
     EMPTY_FILE,
@@ -30,11 +32,23 @@ from vtp_gen.data.decode import (
     NOT_AN_IMAGE,
     TOO_LARGE,
     TRUNCATED_IMAGE,
+    UNREADABLE_FILE,
 )
 from vtp_gen.utils.distributed import get_rank, get_world_size, is_distributed
 
 SKIP_KINDS = frozenset(
-    {EMPTY_FILE, NOT_AN_IMAGE, TRUNCATED_IMAGE, TOO_LARGE, BAD_TAR_MEMBER, MISSING_IMAGE, EMPTY_CAPTION}
+    {
+        EMPTY_FILE,
+        NOT_AN_IMAGE,
+        TRUNCATED_IMAGE,
+        TOO_LARGE,
+        BAD_TAR_MEMBER,
+        MISSING_IMAGE,
+        EMPTY_CAPTION,
+        UNREADABLE_FILE,
+        BAD_JSON,
+        BAD_LABEL,
+    }
 )
 REFILLED = "refilled_duplicate"
 DRAWN = "drawn"

@@ -30,6 +30,11 @@ TOO_LARGE = "too_large_image"
 BAD_TAR_MEMBER = "bad_tar_member"
 MISSING_IMAGE = "missing_image"
 EMPTY_CAPTION = "empty_caption"
+UNREADABLE_FILE = (
+    "unreadable_file"  # the file system refused to read it (symlink loop, permissions, I/O error)
+)
+BAD_JSON = "bad_json"  # a sample's metadata is not a JSON object
+BAD_LABEL = "bad_label"  # a sample's label is not a non-negative integer
 # Repair kinds (sample kept).
 CAPTION_NOT_UTF8 = "caption_not_utf8"
 CONVERTED_MODE = "converted_{mode}"
@@ -61,8 +66,8 @@ def _to_rgb(image: Image.Image) -> tuple[Image.Image, str | None]:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB"), CONVERTED_MODE.format(mode="alpha")
-    kind = {"L": None, "1": None}.get(mode, CONVERTED_MODE.format(mode=mode.lower().replace(";", "")))
-    return image.convert("RGB"), kind
+    # Greyscale ("L", 1-bit "1") is converted and counted like every other mode (converted_l, converted_1).
+    return image.convert("RGB"), CONVERTED_MODE.format(mode=mode.lower().replace(";", ""))
 
 
 def decode_image(data: bytes | None, key: str = "", max_pixels: int = DEFAULT_MAX_PIXELS):

@@ -38,8 +38,27 @@ _FILES = {
 
 
 def find_root(root: str | os.PathLike | None = None) -> Path:
-    """The first folder holding the idx files: explicit root, $VTP_GEN_FASHION_MNIST, the Debian path."""
-    candidates = [Path(p) for p in (root, os.environ.get("VTP_GEN_FASHION_MNIST")) if p] + [DEFAULT_ROOT]
+    """The folder holding the idx files: the explicit root, else $VTP_GEN_FASHION_MNIST, else the Debian path.
+
+    A folder that was asked for (``root``, or the environment variable) and does not hold the files
+    is an error naming it, never a silent fall back to another copy: that would train on data nobody
+    asked for.
+    """
+    for asked, name in (
+        (root, "data.root"),
+        (os.environ.get("VTP_GEN_FASHION_MNIST"), "VTP_GEN_FASHION_MNIST"),
+    ):
+        if asked:
+            folder = Path(asked)
+            missing = [n for n in _FILES["train"] + _FILES["test"] if not (folder / n).is_file()]
+            if missing:
+                state = "does not exist" if not folder.exists() else f"lacks {', '.join(missing)}"
+                raise FileNotFoundError(
+                    f"{name}={folder}: {state}. Point {name} at a folder holding the four Fashion-MNIST idx "
+                    f"files, or leave it unset for the default location ({DEFAULT_ROOT}, `make setup`)"
+                )
+            return folder
+    candidates = [DEFAULT_ROOT]
     for folder in candidates:
         if all((folder / name).is_file() for name in _FILES["train"] + _FILES["test"]):
             return folder

@@ -13,7 +13,7 @@ from pathlib import Path
 from torch.utils.data import Dataset
 
 from vtp_gen.data.captions import caption_for
-from vtp_gen.data.decode import DEFAULT_MAX_PIXELS, Skipped, decode_image
+from vtp_gen.data.decode import DEFAULT_MAX_PIXELS, UNREADABLE_FILE, Skipped, decode_image
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
@@ -51,6 +51,14 @@ class LabelledImageFolder(Dataset):
             for path in sorted((self.root / cls).iterdir()):
                 if path.suffix.lower() in IMAGE_EXTENSIONS:
                     self.files.append((path, self.class_to_idx[cls]))
+        present = {label for _, label in self.files}
+        empty = [c for c in self.classes if self.class_to_idx[c] not in present]
+        if empty:
+            # It would still take a class index (and a label no sample has): refuse instead.
+            raise ValueError(
+                f"image folder {self.root}: class folder(s) {', '.join(empty[:5])} hold no images "
+                f"({', '.join(sorted(IMAGE_EXTENSIONS))}); add images or remove the folder(s)"
+            )
         if max_samples:
             self.files = self.files[:max_samples]
         self.transform = transform
@@ -65,8 +73,8 @@ class LabelledImageFolder(Dataset):
         key = f"{path.parent.name}/{path.stem}"
         try:
             data = path.read_bytes()
-        except OSError as e:
-            return Skipped("unreadable_file", key, str(e))
+        except OSError as e:  # a symlink loop, a permission or I/O error: skipped and counted
+            return Skipped(UNREADABLE_FILE, key, str(e))
         decoded = decode_image(data, key, self.max_pixels)
         if isinstance(decoded, Skipped):
             return decoded

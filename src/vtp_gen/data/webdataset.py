@@ -25,14 +25,18 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import os
 import tarfile
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 import numpy as np
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
 from vtp_gen.data.decode import (
+    BAD_JSON,
+    BAD_LABEL,
     BAD_TAR_MEMBER,
     DEFAULT_MAX_PIXELS,
     EMPTY_CAPTION,
@@ -44,19 +48,77 @@ from vtp_gen.data.decode import (
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 
 
+# How a tar problem is counted (see _TarErrorTap): a plain record is one lost sample; a record that
+# explains a damaged sample is merged into it ("merge or count": counted alone when no sample is
+# damaged; "merge only": dropped then, because the shard's sample count already covers the loss).
+RECORD, MERGE_OR_COUNT, MERGE_ONLY = "record", "merge_or_count", "merge_only"
+DAMAGED = "__damaged__"  # set on a raw sample that lost a member to a tar fault
+
+
 class _TarErrorTap:
     """A webdataset error handler that records the error instead of raising.
 
     The records are emitted as Skipped samples by the decode stage, which runs
-    in the same worker process, so the counts reach the batch.
+    in the same worker process, so the counts reach the batch. Each planted
+    fault must be counted once: a damaged header or a truncation usually
+    takes one member of a sample, whose other members still arrive as an
+    incomplete sample; that sample is then counted as the bad tar member (not
+    also as a missing image or caption). Such a fault can only have hit the
+    sample before it or the one after it (``candidates``).
     """
 
     def __init__(self) -> None:
-        self.pending: list[Skipped] = []
+        self.pending: list[tuple[Skipped, str, tuple[str, ...]]] = []
 
     def __call__(self, exn: Exception) -> bool:
-        self.pending.append(Skipped(BAD_TAR_MEMBER, "", f"{type(exn).__name__}: {exn}"))
+        self.pending.append((Skipped(BAD_TAR_MEMBER, "", f"{type(exn).__name__}: {exn}"), RECORD, ()))
         return True  # keep going with the next member / shard
+
+    def damaged(self, detail: str, counted_by_shard_size: bool, candidates: tuple[str, ...]) -> None:
+        mode = MERGE_ONLY if counted_by_shard_size else MERGE_OR_COUNT
+        self.pending.append((Skipped(BAD_TAR_MEMBER, "", detail), mode, candidates))
+
+    def lost(self, url: str, count: int) -> None:
+        for _ in range(count):
+            self.pending.append((Skipped(BAD_TAR_MEMBER, url, "sample missing from the shard"), RECORD, ()))
+
+    def merge_into(self, raw: dict, require_caption: bool) -> dict:
+        """``raw`` marked as damaged when it lacks a member and a pending fault explains it."""
+        has_image = any(k in raw for k in IMAGE_KEYS)
+        has_caption = "txt" in raw or "json" in raw
+        if has_image and (has_caption or not require_caption):
+            return raw
+        for i, (record, mode, candidates) in enumerate(self.pending):
+            if mode != RECORD and raw.get("__key__") in candidates:
+                del self.pending[i]
+                return {**raw, DAMAGED: record.detail}
+        return raw
+
+    def flush(self, after_key: str | None = None) -> Iterator[Skipped]:
+        """The records to count now; a fault waits until its last candidate sample (``after_key``) went by."""
+        keep, out = [], []
+        for entry in self.pending:
+            record, mode, candidates = entry
+            if mode == RECORD:
+                out.append(record)
+            elif after_key is not None and candidates and after_key != candidates[-1]:
+                keep.append(entry)
+            elif mode == MERGE_OR_COUNT:
+                out.append(record)
+        self.pending = keep
+        yield from out
+
+
+def expected_samples(url: str) -> int | None:
+    """The sample count a shard's ``<name>_stats.json`` records (ours: ``count``; img2dataset: ``successes``)."""
+    if "://" in url or url.startswith("pipe:") or not url.endswith(".tar"):
+        return None
+    try:
+        stats = json.loads(Path(url[: -len(".tar")] + "_stats.json").read_text())
+    except (OSError, ValueError):
+        return None
+    count = stats.get("count", stats.get("successes")) if isinstance(stats, dict) else None
+    return count if isinstance(count, int) and not isinstance(count, bool) else None
 
 
 def _tar_members(sources: Iterable[dict], tap: _TarErrorTap) -> Iterator[dict]:
@@ -65,16 +127,26 @@ def _tar_members(sources: Iterable[dict], tap: _TarErrorTap) -> Iterator[dict]:
     The stdlib tar reader silently stops at the first damaged header; with
     ``ignore_zeros`` it scans on to the next good header instead. Every gap
     between where a member should start and where the next one does is one or
-    more lost members, recorded as a bad tar member so it is counted.
+    more lost members; a read error ends the shard (truncated). When the
+    shard's ``_stats.json`` says how many samples it holds, every sample that
+    never appeared is counted; otherwise each fault counts as one.
     """
     for source in sources:
         url = source.get("url", "")
+        expected = expected_samples(url)
+        keys: set[str] = set()
+        last_key = ""
         try:
             stream = tarfile.open(fileobj=source["stream"], mode="r|*", ignore_zeros=True)
             expected_offset = 0
             for info in stream:
                 if info.offset != expected_offset:
-                    tap(tarfile.ReadError(f"damaged member header at byte {expected_offset} of {url}"))
+                    after = wds.tariterators.base_plus_ext(info.name)[0] or ""
+                    tap.damaged(
+                        f"damaged member header at byte {expected_offset} of {url}",
+                        expected is not None,
+                        tuple(k for k in (last_key, after) if k),
+                    )
                 expected_offset = (
                     info.offset_data
                     + (info.size + tarfile.BLOCKSIZE - 1) // tarfile.BLOCKSIZE * tarfile.BLOCKSIZE
@@ -82,18 +154,29 @@ def _tar_members(sources: Iterable[dict], tap: _TarErrorTap) -> Iterator[dict]:
                 if not info.isreg() or info.name.startswith("__"):
                     continue
                 data = stream.extractfile(info).read()
+                last_key = wds.tariterators.base_plus_ext(info.name)[0] or ""
+                keys.add(last_key)
                 yield {"fname": info.name, "data": data, "__url__": url}
                 stream.members = []  # streaming: do not keep every header in memory
         except (tarfile.TarError, OSError, EOFError) as e:
-            tap(e)
+            tap.damaged(
+                f"{type(e).__name__} in {url}: {e} (truncated shard?)",
+                expected is not None,
+                (last_key,) if last_key else (),
+            )
         finally:
             close = getattr(source.get("stream"), "close", None)
             if close:
                 close()
+        if expected is not None and expected > len(keys):
+            tap.lost(url, expected - len(keys))
+        yield {}  # the end of the shard: group_by_keys hands over its last (maybe partial) sample now
 
 
 def _sample_from_raw(raw: dict, transform, require_caption: bool, max_pixels: int) -> dict | Skipped:
     key = raw.get("__key__", "")
+    if DAMAGED in raw:
+        return Skipped(BAD_TAR_MEMBER, key, raw[DAMAGED])
     image_bytes = next((raw[k] for k in IMAGE_KEYS if k in raw), None)
     decoded = decode_image(image_bytes, key, max_pixels)
     if isinstance(decoded, Skipped):
@@ -105,8 +188,10 @@ def _sample_from_raw(raw: dict, transform, require_caption: bool, max_pixels: in
     if "json" in raw:
         try:
             meta = json.loads(raw["json"])
-        except (ValueError, UnicodeDecodeError):
-            issues.append("bad_json")
+        except (ValueError, UnicodeDecodeError) as e:
+            return Skipped(BAD_JSON, key, f"{raw.get('__url__', '')}: {key}.json: {e}")
+        if not isinstance(meta, dict):
+            return Skipped(BAD_JSON, key, f"{raw.get('__url__', '')}: {key}.json is not an object")
     caption_source = raw.get("txt", meta.get("caption"))
     caption, caption_repair = decode_caption(caption_source)
     if caption_repair:
@@ -120,8 +205,11 @@ def _sample_from_raw(raw: dict, transform, require_caption: bool, max_pixels: in
         "key": key,
         "issues": issues,
     }
-    label = meta.get("label", meta.get("cls"))
+    label_key = "label" if "label" in meta else "cls"
+    label = meta.get(label_key)
     if label is not None:
+        if isinstance(label, bool) or not isinstance(label, (int, str)) or not str(label).strip().isdigit():
+            return Skipped(BAD_LABEL, key, f"{raw.get('__url__', '')}: {key}.json {label_key!r} is {label!r}")
         sample["label"] = int(label)
     return sample
 
@@ -142,6 +230,18 @@ def batches_delivered_by_worker(batches: int, worker: int, num_workers: int) -> 
     and hands them out in that order, so batch k is worker k mod W's.
     """
     return max(0, (batches - worker + num_workers - 1) // num_workers)
+
+
+def check_local_shards(shards: str | list[str]) -> None:
+    """A configured local shard that does not exist is an error naming it (remote URLs are not checked)."""
+    urls = wds.shardlists.expand_urls(shards) if isinstance(shards, str) else list(shards)
+    local = [u for u in urls if "://" not in u and not u.startswith("pipe:")]
+    missing = [u for u in local if not os.path.isfile(u)]
+    if missing:
+        raise FileNotFoundError(
+            f"data.shards: {len(missing)} of {len(urls)} shards do not exist (first: {missing[0]}); "
+            "fix the pattern, e.g. '/data/shards/{00000..00099}.tar'"
+        )
 
 
 class ImageTextShards(IterableDataset):
@@ -172,6 +272,7 @@ class ImageTextShards(IterableDataset):
             raise ValueError("webdataset source needs data.shards, e.g. '/data/shards/{00000..00099}.tar'")
         if resampled and resume_after_batches:
             raise ValueError("a resampled stream is resumed with a new seed, not by skipping batches")
+        check_local_shards(shards)
         self.shards = shards
         self.transform = transform
         self.resampled = resampled
@@ -218,10 +319,10 @@ class ImageTextShards(IterableDataset):
         """One pass: raw (undecoded) samples and the Skipped records of damaged tar members, in stream order."""
         tap = _TarErrorTap()
         for raw in self._pipeline(tap, epoch, worker, num_workers):
-            while tap.pending:
-                yield tap.pending.pop(0)
+            raw = tap.merge_into(raw, self.require_caption)
+            yield from tap.flush(after_key=raw.get("__key__", ""))
             yield raw
-        yield from tap.pending
+        yield from tap.flush()
 
     def _decode(self, item: dict | Skipped) -> dict | Skipped:
         if isinstance(item, Skipped):

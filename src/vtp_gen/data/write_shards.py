@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from vtp_gen.data.decode import Skipped
 from vtp_gen.data.transforms import center_crop_arr
+from vtp_gen.utils.run_dir import write_json_atomic
 
 
 def write_shards(dataset, out_dir: str | Path, shard_size: int = 10_000, image_size: int = 0) -> list[Path]:
@@ -36,6 +37,7 @@ def write_shards(dataset, out_dir: str | Path, shard_size: int = 10_000, image_s
         for shard in range(n_shards):
             final = out / f"shard-{shard:06d}.tar"
             tmp = final.with_suffix(".tar.tmp")
+            count = 0
             with wds.TarWriter(str(tmp)) as sink:
                 for index in range(shard * shard_size, min((shard + 1) * shard_size, len(dataset))):
                     sample = dataset[index]
@@ -56,8 +58,11 @@ def write_shards(dataset, out_dir: str | Path, shard_size: int = 10_000, image_s
                             "json": json.dumps(meta),
                         }
                     )
+                    count += 1
                     bar.update(1)
             tmp.replace(final)
+            # The sample count beside the shard: a reader counts every sample a truncated copy lost.
+            write_json_atomic(final.with_name(f"{final.stem}_stats.json"), {"count": count})
             written.append(final)
     if skipped:
         print(f"skipped unusable source images: {dict(skipped)}")

@@ -31,6 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from vtp_gen.models.generators import LightningDiT
+from vtp_gen.pretrained.safe_unpickle import load_tensors_only
 
 ARCHITECTURES = ("LightningDiT", "DiT", "SiT")
 CONFIG_FILE = "config.json"
@@ -148,7 +149,7 @@ def _read_torch_checkpoint(path: Path, use_ema: bool) -> tuple[dict, str | None,
     """(state dict, architecture hint, config hints) from a reference .pt file, never executing pickled code."""
     # DiT / SiT training checkpoints store their argparse.Namespace: a plain attribute bag, safe to allow.
     with torch.serialization.safe_globals([argparse.Namespace]):
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = load_tensors_only(path)
     if not isinstance(checkpoint, Mapping):
         raise ValueError(
             f"{path}: expected a state dict or a training checkpoint dict, got {type(checkpoint)}"

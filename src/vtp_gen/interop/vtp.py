@@ -62,8 +62,12 @@ def read_config(folder: str | Path) -> VTPConfig:
     path = Path(folder) / CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"no {CONFIG_NAME} in {folder} (expected the official VTP folder layout)")
-    with open(path) as f:
-        values = json.load(f)
+    try:
+        values = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a JSON object of VTP config keys, got {type(values).__name__}")
     try:
         return VTPConfig.from_dict(values)
     except (TypeError, ValueError) as error:

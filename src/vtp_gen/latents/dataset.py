@@ -10,36 +10,30 @@ without any error, a classic pitfall.
 from __future__ import annotations
 
 import bisect
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file
+from safetensors.torch import load as load_safetensors_bytes
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from vtp_gen.latents.manifest import SHARD_PATTERN, STATS_FILE, check_tokenizer, read_manifest
+from vtp_gen.latents.manifest import (
+    MANIFEST_FILE,
+    SHARD_PATTERN,
+    STATS_FILE,
+    CacheMismatchError,
+    ShardStamps,
+    check_shard_bytes,
+    check_tokenizer,
+    read_manifest,
+)
+from vtp_gen.pretrained.safe_unpickle import load_tensors_only
 
 # Caches below this size are read into memory once (the embedded default is ~0.5 GB);
 # larger ones are read per item through memory-mapped safetensors.
 PRELOAD_LIMIT_BYTES = 4 << 30
-
-
-def read_stats_file(path: str | Path) -> dict:
-    """``latents_stats.pt`` as a dict of tensors; a file that would unpickle code is a one-line ValueError."""
-    try:
-        stats = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise ValueError(
-            f"{path} holds pickled objects, not only tensors; vtp_gen never unpickles those (that can run "
-            "arbitrary code): use the latents_stats.pt that `make cache` (or LightningDiT's extract_features) "
-            "wrote, or one from a source you trust"
-        ) from None
-    if not isinstance(stats, dict) or not {"mean", "std"} <= stats.keys():
-        raise ValueError(f"{path}: expected a dict with 'mean' and 'std' tensors")
-    return stats
 
 
 @dataclass
@@ -57,7 +51,7 @@ class LatentStats:
             raise FileNotFoundError(
                 f"{path} not found: a latent cache needs its statistics file (run `make cache`)"
             )
-        stats = read_stats_file(path)
+        stats = load_tensors_only(path)
         mean, std = stats["mean"].float(), stats["std"].float()
         if mean.dim() != 4 or mean.shape[0] != 1 or mean.shape[2:] != (1, 1) or std.shape != mean.shape:
             raise ValueError(f"{path}: mean/std must have shape (1, C, 1, 1), got {tuple(mean.shape)}")
@@ -94,19 +88,21 @@ def denormalize_latents(
     return stats.denormalize(z)
 
 
-def _shard_files(folder: Path) -> list[Path]:
+def _shard_files(folder: Path) -> tuple[list[Path], list[dict] | None]:
+    """The shard files in reading order, and their manifest entries (None for a cache without one)."""
     manifest = read_manifest(folder)
     if manifest is not None:
         if not manifest.get("complete"):
             raise FileNotFoundError(f"{folder}: the latent cache is not complete (rerun `make cache`)")
-        return [folder / shard["file"] for shard in manifest["shards"]]
+        entries = manifest["shards"]
+        return [folder / shard["file"] for shard in entries], entries
     # A cache written by other tools (e.g. LightningDiT's extract_features): its own sorted-glob order.
     files = sorted(p for p in folder.glob("*.safetensors") if SHARD_PATTERN.match(p.name))
     if not files:
         raise FileNotFoundError(
             f"{folder} holds no latents_rank*_shard*.safetensors files (run `make cache`)"
         )
-    return files
+    return files, None
 
 
 class LatentDataset(Dataset):
@@ -118,6 +114,11 @@ class LatentDataset(Dataset):
     path stage 2 decodes with) to refuse a cache made with another tokenizer.
     ``normalize=False`` returns the stored latents as they are (no statistics,
     no multiplier).
+    A cache with a manifest is checked against it when opened: every shard's
+    image count, and its size and SHA-256 unless its file is unchanged since it
+    was last hashed (:class:`ShardStamps`; a preloaded shard is hashed from the
+    bytes just read). A shard that differs, e.g. one copied in from a cache of
+    another tokenizer, raises :class:`CacheMismatchError` before training.
     Randomness comes from torch's generator, which DataLoader seeds per worker.
     """
 
@@ -133,15 +134,23 @@ class LatentDataset(Dataset):
         self.folder = Path(folder)
         if tokenizer is not None:
             check_tokenizer(self.folder, tokenizer)
-        self.files = _shard_files(self.folder)
+        self.files, self.entries = _shard_files(self.folder)
         self.stats = LatentStats.load(self.folder, multiplier) if normalize else None
         self.flip_prob = flip_prob
         self.counts: list[int] = []
         self.has_flips = True
-        for path in self.files:
+        for shard, path in enumerate(self.files):
+            if self.entries is not None and not path.is_file():
+                check_shard_bytes(self.folder, self.entries[shard])  # names the missing shard
             with safe_open(str(path), framework="pt") as f:
                 self.counts.append(f.get_slice("labels").get_shape()[0])
                 self.has_flips &= "latents_flip" in f.keys()
+            if self.entries is not None and self.counts[-1] != self.entries[shard]["num_images"]:
+                raise CacheMismatchError(
+                    f"latent cache {self.folder}: shard {path.name} holds {self.counts[-1]} latents, "
+                    f"{MANIFEST_FILE} says {self.entries[shard]['num_images']}: it was modified or copied from "
+                    "another cache. Restore it, or rerun `make cache` with overwrite=true to cache again"
+                )
         if flip_prob > 0 and not self.has_flips:
             raise ValueError(f"{self.folder} was cached without flips (flips=false): use flip_prob=0")
         self.offsets = [0]
@@ -149,12 +158,29 @@ class LatentDataset(Dataset):
             self.offsets.append(self.offsets[-1] + count)
         if preload is None:
             preload = sum(p.stat().st_size for p in self.files) <= PRELOAD_LIMIT_BYTES
+        self._stamps = ShardStamps(self.folder) if self.entries is not None else None
         self.memory: dict[str, Tensor] | None = self._load_all() if preload else None
+        if not preload and self._stamps is not None:
+            for entry in self.entries:
+                if not self._stamps.trusted(entry):
+                    check_shard_bytes(self.folder, entry)  # one read, before training
+                    self._stamps.add(entry)
+        if self._stamps is not None:
+            self._stamps.save()
+        self._stamps = None  # nothing to carry into DataLoader workers
         self._handles: dict[int, object] = {}
+
+    def _read_shard(self, shard: int) -> dict[str, Tensor]:
+        # One read: the bytes are hashed (unless stamped unchanged) and parsed from the same buffer.
+        data = self.files[shard].read_bytes()
+        if self._stamps is not None and not self._stamps.trusted(self.entries[shard]):
+            check_shard_bytes(self.folder, self.entries[shard], data)
+            self._stamps.add(self.entries[shard])
+        return load_safetensors_bytes(data)
 
     def _load_all(self) -> dict[str, Tensor]:
         keys = ("latents", "latents_flip", "labels") if self.has_flips else ("latents", "labels")
-        parts = [load_file(str(path)) for path in self.files]
+        parts = [self._read_shard(shard) for shard in range(len(self.files))]
         return {key: torch.cat([p[key] for p in parts]) for key in keys}
 
     def __len__(self) -> int:

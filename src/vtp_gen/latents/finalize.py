@@ -20,6 +20,7 @@ from vtp_gen.latents.manifest import (
     MANIFEST_FILE,
     PROGRESS_DIR,
     STATS_FILE,
+    ShardStamps,
     sha256_file,
 )
 from vtp_gen.latents.stats import ChannelMoments
@@ -101,5 +102,10 @@ def finalize_cache(folder: str | Path, plan: dict, layout: ShardLayout) -> dict:
         ],
     }
     write_json_atomic(folder / MANIFEST_FILE, manifest)
+    # Each shard was hashed from the very bytes written: stamp them, so reading the cache costs no rehash.
+    stamps = ShardStamps(folder)
+    for entry in manifest["shards"]:
+        stamps.add(entry)
+    stamps.save()
     shutil.rmtree(folder / PROGRESS_DIR, ignore_errors=True)
     return manifest

@@ -6,6 +6,7 @@ nothing else there may end in ``.safetensors``)::
     latents_rank{R:02d}_shard{K:03d}.safetensors   latents, latents_flip, labels (+ indices)
     latents_stats.pt                               {"mean", "std"}: (1, C, 1, 1) float32 tensors
     manifest.json                                  ours: tokenizer, preprocessing, counts, checksums
+    verified.json                                  shards already hashed, with their file status then
     config.yaml                                    the resolved config of the last run
     progress/                                      only while caching: plan + one record per shard
 
@@ -31,6 +32,9 @@ MANIFEST_FILE = "manifest.json"
 STATS_FILE = "latents_stats.pt"
 PROGRESS_DIR = "progress"
 PLAN_FILE = "plan.json"
+# Which shards were hashed and found equal to the manifest, with their file status at the time; a
+# shard whose status is unchanged is not hashed again (see ShardStamps).
+VERIFIED_FILE = "verified.json"
 SHARD_PATTERN = re.compile(r"^latents_rank(\d+)_shard(\d+)\.safetensors$")
 
 
@@ -181,3 +185,108 @@ def check_tokenizer(folder: str | Path, tokenizer: str | Path) -> dict:
             "tokenizer the cache was made with."
         )
     return manifest
+
+
+def check_shard_bytes(folder: str | Path, entry: dict, data: bytes | None = None) -> bytes:
+    """Refuse a shard whose size or checksum differs from its manifest entry; returns its bytes.
+
+    Pass ``data`` when the shard was already read (the check then costs one hash, no read).
+    A shard copied in from another cache, even one of the same shape, has another checksum.
+    """
+    path = Path(folder) / entry["file"]
+    if data is None:
+        if not path.is_file():
+            raise CacheMismatchError(
+                f"latent cache {folder}: shard {entry['file']} listed in {MANIFEST_FILE} is missing; "
+                "restore it, or rerun `make cache` with overwrite=true to cache again"
+            )
+        data = path.read_bytes()
+    if len(data) != entry["bytes"] or sha256_bytes(data) != entry["sha256"]:
+        raise CacheMismatchError(
+            f"latent cache {folder}: shard {entry['file']} does not match {MANIFEST_FILE} (sha256 "
+            f"{sha256_bytes(data)[:12]}, {len(data)} bytes; the manifest says {entry['sha256'][:12]}, "
+            f"{entry['bytes']} bytes): it was modified or copied from another cache. Restore it, or rerun "
+            "`make cache` with overwrite=true to cache again"
+        )
+    return data
+
+
+def file_status(path: Path) -> list[int]:
+    """Size, mtime, ctime and inode: any write, copy or rename onto ``path`` changes one of them.
+
+    ctime cannot be set back by a user (``touch -r`` and ``cp -p`` restore mtime only), so a shard
+    replaced by a copy from elsewhere never keeps the status it was verified with.
+    """
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+class ShardStamps:
+    """The shards of a cache already hashed against the manifest; unchanged ones are not hashed again.
+
+    Written by the cache step right after it wrote and hashed each shard, and after any full check.
+    Checking a cache is then a ``stat`` per shard; a shard that was touched in any way is hashed
+    (one read) before it is trusted. A read-only cache folder just keeps no stamps.
+    """
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        stamps = read_json(self.folder / VERIFIED_FILE)
+        shards = stamps.get("shards") if isinstance(stamps, dict) else None
+        self.shards: dict[str, dict] = shards if isinstance(shards, dict) else {}
+        self.changed = False
+
+    def trusted(self, entry: dict) -> bool:
+        stamp = self.shards.get(entry["file"])
+        path = self.folder / entry["file"]
+        return (
+            isinstance(stamp, dict)
+            and stamp.get("sha256") == entry["sha256"]
+            and path.is_file()
+            and stamp.get("status") == file_status(path)
+        )
+
+    def add(self, entry: dict) -> None:
+        self.shards[entry["file"]] = {
+            "sha256": entry["sha256"],
+            "status": file_status(self.folder / entry["file"]),
+        }
+        self.changed = True
+
+    def save(self) -> None:
+        if not self.changed:
+            return
+        from vtp_gen.utils.run_dir import write_json_atomic  # no import cycle at module load
+
+        try:
+            write_json_atomic(self.folder / VERIFIED_FILE, {"shards": self.shards})
+        except OSError:
+            pass  # a read-only cache: every run hashes its shards again, which is correct, only slower
+        self.changed = False
+
+
+def find_shard_mismatch(folder: str | Path, manifest: dict) -> str | None:
+    """The first shard that is missing, differs from the manifest or is not listed.
+
+    A ``stat`` per shard when the stamps say the shards are unchanged since they were hashed, else
+    one read of each changed shard.
+    """
+    listed = {entry["file"] for entry in manifest.get("shards", [])}
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        if SHARD_PATTERN.match(path.name) and path.name not in listed:
+            # LightningDiT's reader globs every shard file: an unlisted one adds images.
+            return (
+                f"latent cache {folder}: shard {path.name} is not listed in {MANIFEST_FILE}; remove it, or "
+                "rerun `make cache` with overwrite=true to cache again"
+            )
+    stamps = ShardStamps(folder)
+    for entry in manifest.get("shards", []):
+        if stamps.trusted(entry):
+            continue
+        try:
+            check_shard_bytes(folder, entry)
+        except CacheMismatchError as e:
+            return str(e)
+        stamps.add(entry)
+    stamps.save()
+    return None

@@ -35,8 +35,10 @@ from vtp_gen.latents.manifest import (
     PROGRESS_DIR,
     SHARD_PATTERN,
     STATS_FILE,
+    VERIFIED_FILE,
     CacheMismatchError,
     dataset_fingerprint,
+    find_shard_mismatch,
     plan_differences,
     read_json,
     read_manifest,
@@ -143,7 +145,7 @@ def clear_cache_files(folder: Path) -> None:
     for path in folder.iterdir():
         if (
             SHARD_PATTERN.match(path.name)
-            or path.name in (STATS_FILE, MANIFEST_FILE)
+            or path.name in (STATS_FILE, MANIFEST_FILE, VERIFIED_FILE)
             or (path.name.startswith(".latents_rank"))
         ):
             path.unlink(missing_ok=True)  # another rank of a torchrun launch may have removed it
@@ -163,7 +165,13 @@ def prepare_folder(folder: Path, plan: dict, overwrite: bool) -> bool:
             else ["(shards of unknown origin, no manifest)"]
         )
         if not diffs and manifest is not None and manifest.get("complete"):
-            return True
+            # Complete only if every shard still is what the manifest says (one read of the cache).
+            problem = find_shard_mismatch(folder, manifest)
+            if problem is None:
+                return True
+            if not overwrite:
+                raise CacheMismatchError(problem)
+            diffs = ["shards"]
         if diffs:
             if not overwrite:
                 made_with = (previous or {}).get("tokenizer", {}).get("path", "?")

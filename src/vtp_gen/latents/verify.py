@@ -27,6 +27,7 @@ from vtp_gen.latents.manifest import (
     sha256_bytes,
     sha256_file,
 )
+from vtp_gen.pretrained.safe_unpickle import load_tensors_only
 
 
 @dataclass
@@ -98,7 +99,7 @@ def _check_stats(report: VerifyReport, folder: Path, manifest: dict) -> None:
     if sha256_file(path) != manifest["stats"]["sha256"]:
         report.problems.append(f"{STATS_FILE}: checksum mismatch")
     try:
-        stats = torch.load(path, map_location="cpu", weights_only=True)
+        stats = load_tensors_only(path)
         mean, std = stats["mean"], stats["std"]
     except Exception as e:  # any unreadable or unexpected content is a finding, not a crash
         report.problems.append(f"{STATS_FILE}: not a plain {{'mean', 'std'}} tensor file ({e})")

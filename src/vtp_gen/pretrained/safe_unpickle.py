@@ -26,6 +26,34 @@ class RestrictedUnpicklingError(pickle.UnpicklingError):
     """The file asked for a global outside the allow-list: it is not the file we expected."""
 
 
+class RefusedPickleError(ValueError):
+    """A ``.pt``/``.ckpt`` file holding more than tensors and plain containers (a ValueError: one CLI line)."""
+
+
+def unpickling_reason(error: BaseException) -> str:
+    """The line of an unpickling error that says what was refused, without PyTorch's advice around it.
+
+    PyTorch's message suggests re-running with ``weights_only=False``, which would run whatever code
+    the file holds: that advice is never passed on.
+    """
+    skip = ("Weights only load failed", "Check the documentation", "Please file an issue", "Re-running")
+    lines = [line.strip() for line in str(error).splitlines()]
+    useful = [line for line in lines if line and not line.startswith(skip)]
+    return useful[0].removeprefix("WeightsUnpickler error: ") if useful else type(error).__name__
+
+
+def load_tensors_only(path: str | os.PathLike, **kwargs) -> Any:
+    """``torch.load(path, weights_only=True)``; a file it refuses is a one-line error naming the file."""
+    try:
+        return torch.load(path, weights_only=True, **{"map_location": "cpu", **kwargs})
+    except pickle.UnpicklingError as error:
+        raise RefusedPickleError(
+            f"{path}: refused to load ({unpickling_reason(error)}): it holds Python objects other than "
+            "tensors and plain containers, which could run code when loaded. Use a file written by "
+            "vtp_gen, or convert this one to safetensors with code you trust"
+        ) from None
+
+
 def _numpy_reconstruct():
     # numpy 2 moved the implementation to numpy._core; older pickles name numpy.core.
     try:

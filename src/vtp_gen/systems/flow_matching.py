@@ -27,7 +27,7 @@ import lightning as L
 import torch
 
 from vtp_gen.systems.latent_data import derive_seed
-from vtp_gen.systems.nonfinite import step_was_skipped
+from vtp_gen.systems.nonfinite import step_was_skipped, watch_loss
 from vtp_gen.transport import Transport
 from vtp_gen.utils.ema import EMA
 
@@ -98,6 +98,14 @@ class LatentFlowMatching(L.LightningModule):
             trainable, lr=s.lr, betas=s.betas, weight_decay=s.weight_decay, eps=s.eps, fused=s.fused or None
         )
 
+    def on_train_start(self) -> None:
+        # A resume restores the optimiser with the hyperparameters it was saved with; this run's
+        # settings win, so `optim.lr=...` on the command line of a rerun is what it trains with.
+        s = self.optimizer_settings
+        for optimizer in self.trainer.optimizers:
+            for group in optimizer.param_groups:
+                group.update(lr=s.lr, betas=s.betas, weight_decay=s.weight_decay, eps=s.eps)
+
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         # (latents, labels, batch number): the number is a Python int (see LatentDataModule), so
         # deriving the step's seed from it costs no device sync.
@@ -106,6 +114,7 @@ class LatentFlowMatching(L.LightningModule):
         with seeded_rng(seed, latents.device):
             terms = self.transport.training_losses(self.model, latents, y=labels)
         loss = terms["loss"].mean()
+        watch_loss(self, loss)
         self.log("train/loss", loss.detach(), prog_bar=True)
         self.log("train/mse", terms["mse"].detach().mean())
         self.log("train/cosine", terms["cosine"].detach().mean())

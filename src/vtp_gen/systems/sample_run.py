@@ -29,8 +29,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from vtp_gen.config import ConfigError
-from vtp_gen.latents.dataset import LatentStats, read_stats_file
+from vtp_gen.latents.dataset import LatentStats
 from vtp_gen.latents.manifest import STATS_FILE, read_json, tokenizer_identity
+from vtp_gen.pretrained.safe_unpickle import load_tensors_only
 from vtp_gen.systems.flow_matching import GENERATOR_CONFIG_KEY, tensor_digest
 from vtp_gen.systems.sampling import (
     LABEL_MODES,
@@ -78,7 +79,7 @@ def generator_from_checkpoint(checkpoint: dict) -> torch.nn.Module:
 def load_any_generator(path: Path) -> torch.nn.Module:
     """A generator folder / file that ``load_generator`` reads, or a stage-2 ``.ckpt`` (its EMA weights)."""
     if path.suffix == ".ckpt" and path.is_file():
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        checkpoint = load_tensors_only(path, mmap=True)
         if isinstance(checkpoint, dict) and GENERATOR_CONFIG_KEY in checkpoint:
             return generator_from_checkpoint(checkpoint)
     if not path.exists():
@@ -94,7 +95,7 @@ def load_any_generator(path: Path) -> torch.nn.Module:
 def load_stats(path: Path, multiplier: float) -> LatentStats:
     """From a cache or generator folder (``latents_stats.pt`` inside) or a stats file itself."""
     if path.is_file():
-        stats = read_stats_file(path)
+        stats = load_tensors_only(path)
         return LatentStats(stats["mean"].float(), stats["std"].float(), multiplier)
     return LatentStats.load(path, multiplier)
 

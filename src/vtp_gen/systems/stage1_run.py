@@ -44,6 +44,7 @@ from vtp_gen.interop.vtp import load_tokenizer
 from vtp_gen.models.registry import create_model
 from vtp_gen.models.tokenizer import VTPModel
 from vtp_gen.systems.decoder_finetune import OPTIMIZER_STEPS_PER_STEP, DecoderFinetune
+from vtp_gen.systems.resume import state_dict_mismatch
 from vtp_gen.systems.stage1_data import Stage1Collate, Stage1DataModule, derive_seed
 from vtp_gen.systems.tokenizer_pretraining import TokenizerPretraining
 from vtp_gen.systems.trainer import build_trainer, csv_logs, find_resume_checkpoint, keep_csv_history
@@ -229,7 +230,7 @@ def pretrain(cfg: DictConfig, folder: Path) -> VTPModel | None:
     )
     maybe_compile(cfg, system, "pre-training")
     datamodule = build_pretraining_data(cfg, model)
-    resume = find_resume_checkpoint(folder / "checkpoints")
+    resume = find_resume_checkpoint(folder / "checkpoints", state_dict_mismatch(system.state_dict()))
     if resume is not None:
         print(f"stage1: resuming pre-training from {resume}")
         keep_csv_history(folder / "logs")
@@ -279,7 +280,7 @@ def finetune_decoder(cfg: DictConfig, folder: Path, model: VTPModel | None) -> N
     system = DecoderFinetune(model, discriminator, ft)
     maybe_compile(cfg, system, "decoder fine-tune")
     phase_folder = folder / "decoder_finetune"
-    resume = find_resume_checkpoint(phase_folder / "checkpoints")
+    resume = find_resume_checkpoint(phase_folder / "checkpoints", state_dict_mismatch(system.state_dict()))
     if resume is not None:
         print(f"stage1: resuming decoder fine-tune from {resume}")
         keep_csv_history(phase_folder / "logs")

@@ -37,9 +37,10 @@ from omegaconf import DictConfig, OmegaConf
 from vtp_gen.config import ConfigError
 from vtp_gen.latents.dataset import LatentDataset
 from vtp_gen.latents.manifest import PROGRESS_DIR, SHARD_PATTERN, STATS_FILE, is_complete, read_manifest
-from vtp_gen.models.registry import create_model
+from vtp_gen.models.registry import UnknownModelError, get_factory
 from vtp_gen.systems.flow_matching import AdamWSettings, LatentFlowMatching
 from vtp_gen.systems.latent_data import LatentDataModule, cache_labels, count_classes, latent_shape
+from vtp_gen.systems.resume import FixedSettings, state_dict_mismatch
 from vtp_gen.systems.sampling import LatentDecoder, SampleGridCallback, preview_labels, sampling_kwargs
 from vtp_gen.systems.stop_on_signal import StopOnSignal
 from vtp_gen.systems.trainer import build_trainer, find_resume_checkpoint, keep_csv_history
@@ -199,9 +200,14 @@ def build_generator(cfg: DictConfig, latents: LatentDataset) -> torch.nn.Module:
             raise ConfigError(f"model.overrides.{fixed}: set by the cache / model.num_classes, not here")
     # The same seed on every rank, so the ranks start from the same weights even before DDP syncs them.
     torch.manual_seed(cfg.run.seed)
-    return create_model(
-        cfg.model.name, input_size=height, in_channels=channels, num_classes=num_classes, **overrides
-    )
+    return model_factory(cfg)(input_size=height, in_channels=channels, num_classes=num_classes, **overrides)
+
+
+def model_factory(cfg: DictConfig):
+    try:
+        return get_factory(cfg.model.name)
+    except UnknownModelError as e:
+        raise ConfigError(f"model.name: {e}") from None
 
 
 def build_system(cfg: DictConfig, model: torch.nn.Module) -> LatentFlowMatching:
@@ -344,6 +350,7 @@ def export_generator(
 def run(cfg: DictConfig, callbacks: list | None = None) -> Stage2Result:
     # The EMA copy is in eval mode on purpose (no label dropout); Lightning warns about any such module.
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    model_factory(cfg)  # an unknown model.name is refused before any caching
     check_inputs(cfg)
     cache = ensure_latent_cache(cfg)
     latents = open_latents(cfg, cache)  # refuses latents of another tokenizer before anything is written
@@ -361,10 +368,11 @@ def run(cfg: DictConfig, callbacks: list | None = None) -> Stage2Result:
     )
     speed = SpeedMeter()
     preview = preview_callback(cfg, folder, latents, model.num_classes) if cfg.preview.enabled else None
-    own_callbacks = [speed, preview] if preview else [speed]
+    own_callbacks = [speed, FixedSettings(cfg), *([preview] if preview else [])]
     # A stop signal ends training after the current step; the checkpoint and the export below still happen.
     stopper = StopOnSignal(folder / "checkpoints", raise_after_fit=False)
-    resume = find_resume_checkpoint(folder / "checkpoints")
+    # A checkpoint of another model (say last.ckpt copied from another run) is passed over, not loaded.
+    resume = find_resume_checkpoint(folder / "checkpoints", state_dict_mismatch(system.state_dict()))
     if resume is not None:
         _say(f"resuming from {resume}")
         keep_csv_history(folder / "logs")  # before the CSV logger exists: it deletes metrics.csv

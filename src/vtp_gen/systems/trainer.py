@@ -8,17 +8,19 @@ progress bars, so stage 1 and stage 2 behave the same way.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 
-from vtp_gen.config import TrainerConfig
-from vtp_gen.systems.nonfinite import NonFiniteGuard
+from vtp_gen.config import ConfigError, TrainerConfig
+from vtp_gen.pretrained.safe_unpickle import load_tensors_only
+from vtp_gen.systems.nonfinite import GuardedModelCheckpoint, NonFiniteGuard
 from vtp_gen.systems.stop_on_signal import StopOnSignal
 from vtp_gen.utils.atomic import atomic_output
 
@@ -35,24 +37,33 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, tmp)
 
     def load_checkpoint(self, path, map_location=None, weights_only=True):
-        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+        return load_tensors_only(path, map_location=map_location or "cpu")
+
+
+def read_checkpoint(path: Path) -> dict | None:
+    """The checkpoint at ``path`` (memory-mapped, without unpickling code), or None when unreadable."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return None
 
 
 def checkpoint_is_readable(path: Path) -> bool:
-    try:
-        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        return True
-    except Exception:
-        return False
+    return read_checkpoint(path) is not None
 
 
-def find_resume_checkpoint(checkpoint_dir: Path) -> Path | None:
+def find_resume_checkpoint(
+    checkpoint_dir: Path, mismatch: Callable[[dict], str | None] | None = None
+) -> Path | None:
     """The newest readable checkpoint in ``checkpoint_dir``, warning about bad ones.
 
     Newest by modification time, ``last.ckpt`` winning a tie (it is written
     right after the step checkpoint of the same step). Not ``last.ckpt``
     unconditionally: when the disk fills while ``last.ckpt`` is being replaced,
     the step checkpoint written just before it is complete and newer.
+    ``mismatch`` (e.g. :func:`~vtp_gen.systems.resume.state_dict_mismatch`)
+    says why a readable checkpoint does not fit this run; such a one is
+    skipped with a warning, and when none fits, resuming is refused.
     """
     checkpoint_dir = Path(checkpoint_dir)
     if not checkpoint_dir.is_dir():
@@ -60,10 +71,25 @@ def find_resume_checkpoint(checkpoint_dir: Path) -> Path | None:
     candidates = sorted(
         checkpoint_dir.glob("*.ckpt"), key=lambda p: (-p.stat().st_mtime, p.name != "last.ckpt")
     )
+    misfits = []
     for path in candidates:
-        if checkpoint_is_readable(path):
+        checkpoint = read_checkpoint(path)
+        if checkpoint is None:
+            warnings.warn(f"checkpoint {path} is truncated or corrupt; trying an older one", stacklevel=2)
+            continue
+        reason = mismatch(checkpoint) if mismatch is not None else None
+        del checkpoint
+        if reason is None:
+            for name, why in misfits:  # said only when there is something to fall back to
+                warnings.warn(f"checkpoint {name} does not fit this model ({why}); passed over", stacklevel=2)
             return path
-        warnings.warn(f"checkpoint {path} is truncated or corrupt; trying an older one", stacklevel=2)
+        misfits.append((path, reason))
+    if misfits:
+        raise ConfigError(
+            f"no checkpoint in {checkpoint_dir} fits this model ({misfits[0][0].name}: {misfits[0][1]}): the "
+            "model settings of a run cannot change on a resume. Set them back, or choose another run.name "
+            "to start a new run"
+        )
     return None
 
 
@@ -124,15 +150,21 @@ def build_trainer(
     **overrides,
 ) -> L.Trainer:
     run_folder = Path(run_folder)
-    checkpointing = ModelCheckpoint(
+    guard = NonFiniteGuard(cfg.max_nonfinite_steps)
+    checkpointing = GuardedModelCheckpoint(
+        guard,
         dirpath=run_folder / "checkpoints",
         filename="step{step:08d}",
         auto_insert_metric_name=False,
         every_n_train_steps=max(1, cfg.checkpoint_every_n_steps),
         save_last=True,
-        save_top_k=1,  # the newest step checkpoint stays beside last.ckpt as a fallback
+        # The two newest step checkpoints stay beside last.ckpt: a fallback when last.ckpt is damaged,
+        # and one from before a divergence (the newest may hold weights that already diverged).
+        monitor="step",
+        mode="max",
+        save_top_k=2,
     )
-    all_callbacks = [checkpointing, NonFiniteGuard(cfg.max_nonfinite_steps), *(callbacks or [])]
+    all_callbacks = [checkpointing, guard, *(callbacks or [])]
     if not any(isinstance(c, StopOnSignal) for c in all_callbacks):
         # SIGTERM / SIGINT: stop after the current step with last.ckpt saved (after the caller's callbacks).
         all_callbacks.append(StopOnSignal(run_folder / "checkpoints"))

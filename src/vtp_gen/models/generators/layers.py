@@ -27,6 +27,34 @@ def modulate(x: torch.Tensor, shift: torch.Tensor | None, scale: torch.Tensor) -
     return x
 
 
+def norm_modulate(
+    norm: nn.Module, x: torch.Tensor, shift: torch.Tensor | None, scale: torch.Tensor
+) -> torch.Tensor:
+    """``modulate(norm(x), shift, scale)`` with one pass over the tokens after the normalisation.
+
+    The reference multiplies by the RMSNorm weight, then by ``1 + scale``, then
+    adds ``shift``: three passes over (B, N, D). Folding the weight into the
+    per-sample factor (a (B, D) product) and adding the shift in the same
+    ``addcmul`` leaves one. The result differs from the reference's by rounding
+    only (a few ulp). Eager CPU training is bound by such passes at DiT widths
+    (docs/performance.md, "Stage 2 against the reference").
+    """
+    factor = 1 + scale
+    if isinstance(norm, RMSNorm):
+        normed = norm.normalize(x)
+        factor = factor * norm.weight
+    else:
+        normed = norm(x)
+    if shift is None:
+        return normed * factor.unsqueeze(1)
+    return torch.addcmul(shift.unsqueeze(1), normed, factor.unsqueeze(1))
+
+
+def gated_residual(x: torch.Tensor, gate: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
+    """``x + gate * update`` for a per-sample (B, D) gate, in one pass (adaLN-Zero's gated residual)."""
+    return torch.addcmul(x, gate.unsqueeze(1), update)
+
+
 class RMSNorm(nn.Module):
     """RMSNorm as in LightningDiT (Llama style): normalised in fp32, then scaled in the input dtype.
 
@@ -39,9 +67,12 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """The normalisation alone (fp32 statistics), before the weight."""
+        return F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).type_as(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).type_as(x)
-        return normed * self.weight
+        return self.normalize(x) * self.weight
 
 
 class SwiGLUFFN(nn.Module):
@@ -90,9 +121,45 @@ class AxialRotaryEmbedding(nn.Module):
         pairs = x.unflatten(-1, (-1, 2))
         return torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
 
+    def complex_factors(self) -> torch.Tensor:
+        """(N, head_dim / 2) unit complex numbers cos + i sin, one per channel pair.
+
+        Both channels of a pair rotate by the same angle, so the rotation of a
+        pair (x0, x1) is the complex product (x0 + i x1)(cos + i sin): one
+        elementwise kernel instead of the four of ``x * cos + rotate_pairs(x) * sin``.
+        """
+        return torch.complex(self.freqs_cos[:, ::2], self.freqs_sin[:, ::2])
+
+    @staticmethod
+    def takes_complex_path(x: torch.Tensor) -> bool:
+        # Complex kernels exist for fp32 / fp64; bf16 / fp16 (autocast) keep the real formulation, and so
+        # does torch.compile, which fuses the real one into a single kernel by itself.
+        return x.dtype in (torch.float32, torch.float64) and not torch.compiler.is_compiling()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, heads, N, head_dim) with N = grid_size**2 in row-major patch order."""
+        if self.takes_complex_path(x):
+            rotated = torch.view_as_complex(x.unflatten(-1, (-1, 2))) * self.complex_factors()
+            return torch.view_as_real(rotated).flatten(-2)
         return x * self.freqs_cos + self.rotate_pairs(x) * self.freqs_sin
+
+    def rotate_qk(
+        self, qkv: torch.Tensor, num_heads: int, q_scale: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """RoPE of q and k straight from the fused (B, N, 3 * C) projection, q also scaled by ``q_scale``.
+
+        One complex multiply rotates q and k together, and folds attention's
+        1/sqrt(head_dim) into q's factors, so the attention needs no separate
+        scaling pass. Returns q, k, v as (B, heads, N, head_dim) views.
+        Only for inputs where :meth:`takes_complex_path` holds.
+        """
+        batch, tokens, width = qkv.shape
+        heads = qkv.view(batch, tokens, 3, num_heads, width // (3 * num_heads))
+        factors = self.complex_factors()
+        factors = torch.stack((factors * q_scale, factors), dim=1).unsqueeze(2)  # (N, 2, 1, D/2): q, k
+        qk = torch.view_as_complex(heads[:, :, :2].unflatten(-1, (-1, 2))) * factors
+        qk = torch.view_as_real(qk).flatten(-2)  # (B, N, 2, heads, D)
+        return qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(1, 2), heads[:, :, 2].transpose(1, 2)
 
 
 class Attention(nn.Module):
@@ -105,6 +172,7 @@ class Attention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.qkv = nn.Linear(dim, 3 * dim, bias=True)
+        self.qk_norm = qk_norm
         if qk_norm:
             # LightningDiT picks RMSNorm for QK-norm when the blocks use RMSNorm, else an affine LayerNorm.
             norm = (lambda: RMSNorm(self.head_dim)) if use_rmsnorm else (lambda: nn.LayerNorm(self.head_dim))
@@ -115,11 +183,16 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, rope: AxialRotaryEmbedding | None = None) -> torch.Tensor:
         batch, tokens, dim = x.shape
-        q, k, v = split_heads(self.qkv(x), self.num_heads)
-        q, k = self.q_norm(q), self.k_norm(k)
-        if rope is not None:
-            q, k = rope(q), rope(k)
-        x = dot_product_attention(q, k, v)
+        qkv = self.qkv(x)
+        if rope is not None and not self.qk_norm and rope.takes_complex_path(qkv):
+            q, k, v = rope.rotate_qk(qkv, self.num_heads, q_scale=self.head_dim**-0.5)
+            x = dot_product_attention(q, k, v, scale=1.0)  # q carries the scale
+        else:
+            q, k, v = split_heads(qkv, self.num_heads)
+            q, k = self.q_norm(q), self.k_norm(k)
+            if rope is not None:
+                q, k = rope(q), rope(k)
+            x = dot_product_attention(q, k, v)
         return self.proj(x.transpose(1, 2).reshape(batch, tokens, dim))
 
 

@@ -28,7 +28,8 @@ from vtp_gen.models.generators.layers import (
     RMSNorm,
     SwiGLUFFN,
     TimestepEmbedder,
-    modulate,
+    gated_residual,
+    norm_modulate,
     sincos_2d_pos_embed,
 )
 
@@ -78,9 +79,10 @@ class LightningDiTBlock(nn.Module):
             shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(
                 6, dim=1
             )
-        x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa), rope=rope)
-        x = x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
-        return x
+        x = gated_residual(
+            x, gate_msa, self.attn(norm_modulate(self.norm1, x, shift_msa, scale_msa), rope=rope)
+        )
+        return gated_residual(x, gate_mlp, self.mlp(norm_modulate(self.norm2, x, shift_mlp, scale_mlp)))
 
 
 class FinalLayer(nn.Module):
@@ -94,7 +96,7 @@ class FinalLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
-        return self.linear(modulate(self.norm_final(x), shift, scale))
+        return self.linear(norm_modulate(self.norm_final, x, shift, scale))
 
 
 class LightningDiT(nn.Module):

@@ -187,6 +187,9 @@ class VTPConfig:
         model_type = metadata.get("model_type", MODEL_TYPE)
         if model_type != MODEL_TYPE:
             raise ValueError(f"config model_type is {model_type!r}, expected {MODEL_TYPE!r}")
+        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+        for key, value in kwargs.items():
+            _check_value_type(key, value, defaults.get(key, dataclasses.MISSING))
         return cls(**kwargs, hf_metadata=metadata)
 
     def to_dict(self, dtype: str = "float32") -> dict[str, Any]:
@@ -213,3 +216,23 @@ class VTPConfig:
                 raise ValueError(f"unknown VTP config key {key!r}{hint}")
         values.update(overrides)
         return VTPConfig(**values, hf_metadata=dict(self.hf_metadata))
+
+
+def _check_value_type(key: str, value: Any, default: Any) -> None:
+    """A value of another JSON type than the field's default (e.g. "768" for an int) is an error naming the key."""
+    if default is None or default is dataclasses.MISSING:
+        return
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+    elif isinstance(default, (list, tuple)):
+        ok = isinstance(value, (list, tuple))
+    else:
+        return
+    if not ok:
+        raise ValueError(f"{key!r} must be {type(default).__name__}, got {value!r}")
