@@ -121,6 +121,11 @@ def hold_folder(folder: str | Path, step: str) -> Iterator[None]:
         yield
         return
     folder = Path(folder)
+    created = []  # the folders made here for the lock, deepest first: removed again if nothing else came
+    missing = folder
+    while not missing.exists():
+        created.append(missing)
+        missing = missing.parent
     folder.mkdir(parents=True, exist_ok=True)
     key = str((folder / LOCK_FILE).resolve())
     if key in _held:
@@ -159,6 +164,14 @@ def hold_folder(folder: str | Path, step: str) -> Iterator[None]:
         if _held.get(key) == 1:
             del _held[key]
             try:
-                _write_record(fd, None)  # a clean exit leaves no record behind
+                if created and [p.name for p in folder.iterdir()] == [LOCK_FILE]:
+                    # The step stopped before writing anything (say a config error): leave no folder.
+                    os.unlink(key)
+                    for made in created:
+                        made.rmdir()
+                else:
+                    _write_record(fd, None)  # a clean exit leaves no record behind
+            except OSError:
+                pass
             finally:
                 os.close(fd)  # releases the lock
