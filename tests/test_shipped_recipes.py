@@ -445,13 +445,11 @@ def test_paper_sampling_and_evaluation(paper_chain, tmp_path):
     """sample_paper.yaml on the LightningDiT-XL/1 recipe's generator, then eval/imagenet.yaml on it all."""
     from vtp_gen.metrics.eval_run import run as run_eval
     from vtp_gen.systems.sample_run import run as run_sample
-    from vtp_gen.systems.stage2_run import run as run_stage2
 
     generator = paper_chain["generators"].get("lightningdit_xl1.yaml")
     if generator is None:  # run alone: train the recipe's generator first
         test_paper_generator_recipes_take_steps("lightningdit_xl1.yaml", paper_chain)
         generator = paper_chain["generators"]["lightningdit_xl1.yaml"]
-    del run_stage2
     sample = configure(
         "sample",
         ["stage2/sample_paper.yaml"],
@@ -492,7 +490,6 @@ def test_paper_sampling_and_evaluation(paper_chain, tmp_path):
             "linear_probe.test_images=4",
             "linear_probe.epochs=1",
             "linear_probe.batch_size=4",
-            "zero_shot.classes=",
             "zero_shot.num_images=4",
             "device=cpu",
             "progress_bar=false",
