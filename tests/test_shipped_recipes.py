@@ -15,7 +15,7 @@ Fashion-MNIST from the embedded dataset). What is shrunk, and nothing else:
 - the paths that name data on a cluster.
 
 The default suite runs the embedded default chain (stage 1 tiny -> cache -> stage 2 ->
-sample) and plans both scaling studies (~40 s on two cores); ``make test-slow`` runs the
+sample) and plans both scaling studies (~55 s on two busy cores); ``make test-slow`` runs the
 objective presets, the Fashion-MNIST shards, the three paper tokenizer recipes at 256 px,
 the ImageNet cache, the four paper generator recipes, paper sampling and both evaluations.
 ``test_every_file_under_configs_is_exercised`` keeps the list whole.
