@@ -302,11 +302,24 @@ def test_gpu_script_dry_run_compiles_the_stage1_step(tmp_path):
     """
     out = tmp_path / "gpu.json"
     done = run_bench_script("gpu_mfu.py", "--dry-run", "--only", "stage1/B", "--out", str(out))
-    groups = {g["name"]: g for g in json.loads(out.read_text())["groups"]}
+    record = json.loads(out.read_text())
+    groups = {g["name"]: g for g in record["groups"]}
     assert set(groups) == {"gpu/stage1/B/eager", "gpu/stage1/B/compiled"}
     for group in groups.values():
         assert group["status"] == "ok", group.get("reason")
     assert "step_all_compiled" in done.stdout
+    # The GPU recipes' real steps ran first, with the recipes' precision, clipping and optimiser.
+    recipes = {r["name"]: r for r in record["recipes"]}
+    assert set(recipes) == {"recipe/stage1/vtp_b", "recipe/stage1/vtp_l", "recipe/stage2/lightningdit_xl1"}
+    for result in recipes.values():
+        assert result["passed"], result.get("traceback") or result.get("error")
+        assert result["precision"] == "bf16-mixed" and result["steps"] == 2 and result["step_s"] > 0
+    assert (
+        recipes["recipe/stage1/vtp_b"]["fused_adamw"]
+        and recipes["recipe/stage1/vtp_b"]["gradient_clip_val"] == 3.0
+    )
+    assert not recipes["recipe/stage1/vtp_l"]["fused_adamw"]  # FSDP: the foreach AdamW, as its recipe says
+    assert "recipe/stage1/vtp_b: PASS" in done.stdout
 
 
 def test_gpu_kit_pins_what_is_installed_and_flags_what_nothing_provides(monkeypatch):

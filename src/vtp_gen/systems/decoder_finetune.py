@@ -30,6 +30,7 @@ from torch.func import functional_call
 
 from vtp_gen.losses import AdversarialLoss, ReconstructionLoss, schedules
 from vtp_gen.models.tokenizer import VTPModel
+from vtp_gen.systems.clipping import clip_gradients_
 from vtp_gen.systems.data_accounting import AccountsForData
 from vtp_gen.systems.optim import apply_schedule
 
@@ -67,12 +68,12 @@ class DecoderFinetune(AccountsForData, L.LightningModule):
         return self.global_step // OPTIMIZER_STEPS_PER_STEP
 
     def configure_optimizers(self):
-        betas = (self.cfg.beta1, self.cfg.beta2)
+        betas, fused = (self.cfg.beta1, self.cfg.beta2), self.cfg.fused or None
         decoder = torch.optim.AdamW(
-            self.model.pixel_decoder.parameters(), lr=self.cfg.lr, betas=betas, weight_decay=0.0
+            self.model.pixel_decoder.parameters(), lr=self.cfg.lr, betas=betas, weight_decay=0.0, fused=fused
         )
         disc = torch.optim.AdamW(
-            self.discriminator.parameters(), lr=self.cfg.disc_lr, betas=betas, weight_decay=0.0
+            self.discriminator.parameters(), lr=self.cfg.disc_lr, betas=betas, weight_decay=0.0, fused=fused
         )
         return [decoder, disc]
 
@@ -130,13 +131,10 @@ class DecoderFinetune(AccountsForData, L.LightningModule):
         decoder_opt.zero_grad(set_to_none=True)
         disc_opt.zero_grad(set_to_none=True)
         self.manual_backward(losses["loss"])
-        if self.cfg.gradient_clip_val:
-            self.clip_gradients(
-                decoder_opt, gradient_clip_val=self.cfg.gradient_clip_val, gradient_clip_algorithm="norm"
-            )
-            self.clip_gradients(
-                disc_opt, gradient_clip_val=self.cfg.gradient_clip_val, gradient_clip_algorithm="norm"
-            )
+        # Each network's gradients clipped on their own; through vtp_gen.systems.clipping because
+        # Lightning's clip_gradients refuses a fused AdamW under bf16 and any norm clip under FSDP.
+        for optimizer in (decoder_opt, disc_opt):
+            clip_gradients_(self, optimizer.optimizer, self.cfg.gradient_clip_val)
         decoder_opt.step()
         disc_opt.step()
 

@@ -13,8 +13,10 @@ Together with the step-indexed data this makes a run resumed from a
 checkpoint bit-identical to an uninterrupted one (same device and threads),
 with nothing RNG-related to save.
 
-Mixed precision and gradient clipping are the trainer's (``build_trainer``):
-bf16 autocast on GPUs, fp32 on CPUs; the EMA is kept in fp32.
+Mixed precision is the trainer's (``build_trainer``): bf16 autocast on GPUs,
+fp32 on CPUs; the EMA is kept in fp32. ``trainer.gradient_clip_val`` is
+applied by :mod:`vtp_gen.systems.clipping`, which also clips for a fused AdamW
+under bf16 (Lightning alone refuses that).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 import lightning as L
 import torch
 
+from vtp_gen.systems.clipping import ClipsGradients
 from vtp_gen.systems.latent_data import derive_seed
 from vtp_gen.systems.nonfinite import step_was_skipped, watch_loss
 from vtp_gen.transport import Transport
@@ -68,7 +71,7 @@ def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-class LatentFlowMatching(L.LightningModule):
+class LatentFlowMatching(ClipsGradients, L.LightningModule):
     """Model + EMA + flow-matching objective + AdamW, for ``trainer.fit``.
 
     ``model(x, t, y)`` is any generator of the LightningDiT family; its

@@ -112,6 +112,8 @@ class DecoderFinetuneConfig:
     beta2: float = 0.9
     warmup_steps: int = 0
     gradient_clip_val: float = 1.0
+    # torch's fused AdamW kernel for both networks (the GPU recipes); clipping works with it in any precision.
+    fused: bool = False
     l1_weight: float = 1.0
     lpips_weight: float = 1.0
     disc_weight: float = 0.5

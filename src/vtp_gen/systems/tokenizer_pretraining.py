@@ -25,7 +25,8 @@ tower, DINO head, pixel decoder) are frozen and left out of the optimiser.
 
 Around the step: AdamW without decay on norms / biases / tokens, warm-up +
 cosine learning rate and cosine weight decay set before every step, gradient
-clipping (Trainer), the CLIP logit scale clamped to [0, ln 100] and the EMA
+clipping (the Trainer's ``gradient_clip_val``, applied by
+:mod:`vtp_gen.systems.clipping` so a fused AdamW clips under bf16 too), the CLIP logit scale clamped to [0, ln 100] and the EMA
 teacher updated with its cosine momentum after every step, the DINO head's
 prototype layer frozen for the first steps. The teacher, head, loss centres and
 optimiser live in the Lightning checkpoint; :meth:`export_tokenizer` writes
@@ -58,13 +59,14 @@ from vtp_gen.models.tokenizer import (
     make_ema_teacher,
 )
 from vtp_gen.models.tokenizer.encoder import check_image_grid
+from vtp_gen.systems.clipping import ClipsGradients
 from vtp_gen.systems.data_accounting import AccountsForData
 from vtp_gen.systems.nonfinite import step_was_skipped
 from vtp_gen.systems.optim import apply_schedule, build_adamw
 from vtp_gen.systems.stage1_data import derive_seed
 
 
-class TokenizerPretraining(AccountsForData, L.LightningModule):
+class TokenizerPretraining(ClipsGradients, AccountsForData, L.LightningModule):
     """Stage-1 pre-training of ``model`` (a :class:`VTPModel`).
 
     ``objectives``, ``ssl`` and ``optim`` are the sections of
