@@ -385,3 +385,29 @@ def test_bf16_check_flags_a_loss_bf16_cannot_hold(monkeypatch):
     result = compare(StepUnderTest("toy", losses, [("weight", weight)]), torch.device("cpu"))
     assert not result["passed"]
     assert result["worst_loss_difference"] > LOSS_TOLERANCE
+
+
+def test_stage2_reference_comparison_refuses_a_folder_that_is_not_lightningdit(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(BENCH_DIR))
+    import stage2_vs_reference
+
+    with pytest.raises(SystemExit, match="models/lightningdit.py is missing"):
+        stage2_vs_reference.main(["--reference", str(tmp_path), "--out", str(tmp_path / "out.json")])
+
+
+def test_stage2_reference_comparison_times_our_real_step(monkeypatch):
+    # Our side of the comparison is the stage-2 system's step: it trains the weights and moves the EMA.
+    monkeypatch.syspath_prepend(str(BENCH_DIR))
+    import stage2_vs_reference
+
+    monkeypatch.setitem(stage2_vs_reference.ARCH, "depth", 1)
+    step = stage2_vs_reference.OurStep()
+    assert step.optimizer.defaults["fused"]  # the recipe default the comparison is about
+    before = {k: v.clone() for k, v in step.model.state_dict().items()}
+    ema_before = {k: v.clone() for k, v in step.system.ema.module.state_dict().items()}
+    step()
+    changed = [k for k, v in step.model.state_dict().items() if not torch.equal(v, before[k])]
+    # adaLN-Zero: the first step moves only the zero-initialised output layer.
+    assert "final_layer.linear.weight" in changed and "pos_embed" not in changed
+    ema = step.system.ema.module.state_dict()
+    assert not torch.equal(ema["final_layer.linear.weight"], ema_before["final_layer.linear.weight"])
