@@ -148,18 +148,21 @@ class AxialRotaryEmbedding(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """RoPE of q and k straight from the fused (B, N, 3 * C) projection, q also scaled by ``q_scale``.
 
-        One complex multiply rotates q and k together, and folds attention's
-        1/sqrt(head_dim) into q's factors, so the attention needs no separate
-        scaling pass. Returns q, k, v as (B, heads, N, head_dim) views.
+        One complex multiply covers the whole projection, with attention's
+        1/sqrt(head_dim) folded into q's factors and a factor of 1 for v, so
+        the attention needs no scaling pass and the backward gets the
+        projection's gradient in one tensor (``unbind``'s backward stacks it;
+        slicing q/k apart from v would zero-fill and add two full-size
+        buffers instead). Returns q, k, v as (B, heads, N, head_dim) views.
         Only for inputs where :meth:`takes_complex_path` holds.
         """
         batch, tokens, width = qkv.shape
         heads = qkv.view(batch, tokens, 3, num_heads, width // (3 * num_heads))
-        factors = self.complex_factors()
-        factors = torch.stack((factors * q_scale, factors), dim=1).unsqueeze(2)  # (N, 2, 1, D/2): q, k
-        qk = torch.view_as_complex(heads[:, :, :2].unflatten(-1, (-1, 2))) * factors
-        qk = torch.view_as_real(qk).flatten(-2)  # (B, N, 2, heads, D)
-        return qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(1, 2), heads[:, :, 2].transpose(1, 2)
+        rotation = self.complex_factors()
+        factors = torch.stack((rotation * q_scale, rotation, torch.ones_like(rotation)), dim=1)  # (N, 3, D/2)
+        rotated = torch.view_as_complex(heads.unflatten(-1, (-1, 2))) * factors.unsqueeze(2)
+        q, k, v = torch.view_as_real(rotated).flatten(-2).unbind(2)  # each (B, N, heads, D)
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
 
 class Attention(nn.Module):
