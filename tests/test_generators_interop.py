@@ -105,8 +105,11 @@ class _Exploit:
 def test_pickled_code_is_refused(tmp_path):
     with open(tmp_path / "evil.pt", "wb") as f:
         pickle.dump({"model": _Exploit()}, f, protocol=2)
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(pickle.UnpicklingError) as refused:
         load_generator(tmp_path / "evil.pt")
+    # One line naming the file, and never PyTorch's advice to turn the check off.
+    message = str(refused.value)
+    assert "evil.pt" in message and "\n" not in message and "weights_only" not in message
 
 
 def test_unknown_heads_and_keys_are_reported(tmp_path):

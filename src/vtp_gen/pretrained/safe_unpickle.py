@@ -26,19 +26,25 @@ class RestrictedUnpicklingError(pickle.UnpicklingError):
     """The file asked for a global outside the allow-list: it is not the file we expected."""
 
 
-class RefusedPickleError(ValueError):
-    """A ``.pt``/``.ckpt`` file holding more than tensors and plain containers (a ValueError: one CLI line)."""
+class RefusedPickleError(ValueError, pickle.UnpicklingError):
+    """A ``.pt``/``.ckpt`` file holding more than tensors and plain containers.
+
+    A ValueError, so the CLI prints it as one line; an UnpicklingError, so callers that
+    catch what ``torch.load`` raises still catch it.
+    """
 
 
 def unpickling_reason(error: BaseException) -> str:
     """The line of an unpickling error that says what was refused, without PyTorch's advice around it.
 
     PyTorch's message suggests re-running with ``weights_only=False``, which would run whatever code
-    the file holds: that advice is never passed on.
+    the file holds: no line that mentions ``weights_only`` is passed on.
     """
-    skip = ("Weights only load failed", "Check the documentation", "Please file an issue", "Re-running")
+    boilerplate = ("Check the documentation", "Please file an issue")
     lines = [line.strip() for line in str(error).splitlines()]
-    useful = [line for line in lines if line and not line.startswith(skip)]
+    useful = [
+        line for line in lines if line and "weights_only" not in line and not line.startswith(boilerplate)
+    ]
     return useful[0].removeprefix("WeightsUnpickler error: ") if useful else type(error).__name__
 
 
