@@ -63,3 +63,17 @@ def test_a_tokenizer_without_text_tower_is_a_clear_error():
 def test_valid_token_mask_needs_an_end_token():
     with pytest.raises(ValueError, match="end-of-text"):
         valid_token_mask(torch.tensor([[49406, 320, 0]]), 49407)
+
+
+def test_an_official_vtp_checkpoint_gives_its_recorded_text_features(reference_dir):
+    from safetensors.torch import load_file
+
+    from vtp_gen import load_tokenizer
+
+    folder = reference_dir / "vtp_tiny_default"  # written by the official VTP code
+    golden = load_file(folder / "golden_outputs.safetensors")
+    texts = __import__("json").loads((folder / "golden_texts.json").read_text())
+    encoder = CaptionEncoder.from_tokenizer(load_tokenizer(folder))
+    assert torch.equal(encoder.tokenize(texts), golden["input.text_tokens"])
+    pooled = torch.nn.functional.normalize(encoder(texts).pooled, dim=-1)
+    torch.testing.assert_close(pooled, golden["out.clip_text_features"], rtol=1e-4, atol=1e-5)
