@@ -82,11 +82,11 @@ class TextFlowMatching(LatentFlowMatching):
         transport: Transport,
         bank: CaptionFeatureBank,
         caption_dropout_prob: float = 0.1,
-        optimizer: AdamWSettings = AdamWSettings(),
+        optimizer: AdamWSettings | None = None,
         ema_decay: float = 0.9999,
         seed: int = 0,
     ):
-        super().__init__(model, transport, optimizer, ema_decay, seed)
+        super().__init__(model, transport, optimizer or AdamWSettings(), ema_decay, seed)
         if not 0.0 <= caption_dropout_prob < 1.0:
             raise ValueError(f"caption_dropout_prob must be in [0, 1), got {caption_dropout_prob}")
         self.bank = bank  # a plain object: not a submodule (see the module docstring)
