@@ -87,6 +87,13 @@ STEPS: dict[str, Step] = {
         "sample images from prompts with a text-to-image generator: captioned grid, PNGs, ADM .npz",
         23,
     ),
+    "t2i-eval": Step(
+        "vtp_gen.t2i.config:T2IEvalConfig",
+        "vtp_gen.t2i.eval_run:run",
+        "configs/eval/t2i_tiny.yaml",
+        "prompt agreement, CLIP score and FID of a text-to-image generator on held-out prompts",
+        23,
+    ),
     "eval": Step(
         "vtp_gen.metrics.eval_config:EvalConfig",
         "vtp_gen.metrics.eval_run:run",
@@ -128,6 +135,8 @@ def schema_for_recipe(path: str | Path) -> type | None:
     if folder == "data":
         return DataConfig
     step_name = {"stage1": "stage1", "eval": "eval", "scaling": "scaling"}.get(folder)
+    if folder == "eval":
+        step_name = recipe_step("eval", [path])
     if folder == "stage2":
         step_name = (
             "cache" if stem.startswith("cache") else "sample" if stem.startswith("sample") else "stage2"
@@ -139,12 +148,14 @@ def schema_for_recipe(path: str | Path) -> type | None:
 
 
 def recipe_step(step_name: str, recipes: list | None) -> str:
-    """``stage2`` / ``sample`` given a text-to-image recipe (``t2i*`` / ``sample_t2i*``) run the t2i steps."""
+    """``stage2`` / ``sample`` / ``eval`` given a text-to-image recipe (``t2i*`` / ``sample_t2i*``) run the t2i steps."""
     stems = [Path(r).stem for r in recipes or []]
     if step_name == "stage2" and stems and stems[0].startswith("t2i"):
         return "t2i"
     if step_name == "sample" and stems and stems[0].startswith("sample_t2i"):
         return "t2i-sample"
+    if step_name == "eval" and stems and stems[0].startswith("t2i"):
+        return "t2i-eval"
     return step_name
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from vtp_gen.config import RunConfig
 from vtp_gen.systems.stage2_config import (
     GeneratorModelConfig,
     PreviewConfig,
@@ -73,3 +74,27 @@ class T2ISampleConfig(SampleConfig):
     # Samples per prompt; num_samples is ignored (= prompts x per_prompt).
     per_prompt: int = 8
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+
+@dataclass
+class T2IEvalConfig:
+    run: RunConfig = field(default_factory=RunConfig)
+    # The text-to-image generator: "" = runs/<run.name>/t2i/generator.
+    generator: str = ""
+    # The class-conditional yardstick: "" = runs/<run.name>/stage2/generator; "none" = skip it.
+    class_generator: str = ""
+    # The tokenizer (decoder + text tower + CLIP judge): "" = the one recorded with the generator.
+    tokenizer: str = ""
+    # Samples per held-out prompt (and per class for the yardstick).
+    per_prompt: int = 100
+    batch_size: int = 250
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    # The garment judge: epochs on the train split; stored in the output folder and reused.
+    judge_epochs: int = 2
+    judge_train_images: int = 0  # 0 = the whole train split (tests use fewer)
+    # FID of the text model's samples (and the yardstick's) against this many real test images
+    # (0 = no FID); Inception on the CPU costs about a minute per 1000 images.
+    fid_real_images: int = 1000
+    # Output folder: "" = runs/<run.name>/t2i_eval.
+    out_dir: str = ""
+    accelerator: str = "auto"
