@@ -94,3 +94,28 @@ def test_bad_settings_are_clear_errors():
         model(x, t, text, mask)
     with pytest.raises(ValueError, match="captions"):
         model(x, t, text[:2], mask[:2], None)
+
+
+def test_the_paper_scale_recipe_builds_a_dit_xl_sized_model_on_the_meta_device():
+    from vtp_gen.cli import REPO_ROOT, schema_for_recipe
+    from vtp_gen.config import load_config
+    from vtp_gen.t2i.config import T2IConfig
+
+    recipe = REPO_ROOT / "configs" / "stage2" / "t2i_xl_laion.yaml"
+    assert schema_for_recipe(recipe) is T2IConfig
+    cfg = load_config(T2IConfig, recipe)
+    assert cfg.trainer.strategy == "ddp" and cfg.train.global_batch_size == 1024
+    assert cfg.data.source == "webdataset" and cfg.data.image_size == 256
+    with torch.device("meta"):
+        # VTP-L-f16d64 at 256 px: 16x16x64 latents, 768-wide text tower, 77 caption tokens.
+        model = create_model(cfg.model.name, input_size=16, in_channels=64, text_dim=768, pooled_dim=768)
+        out = model(
+            torch.empty(2, 64, 16, 16),
+            torch.empty(2),
+            torch.empty(2, 77, 768),
+            torch.empty(2, 77, dtype=torch.bool),
+            torch.empty(2, 768),
+        )
+    assert out.shape == (2, 64, 16, 16)
+    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert 600e6 < params < 800e6, params  # DiT-XL is 675M; cross-attention adds, adaLN-single removes
