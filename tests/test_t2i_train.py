@@ -84,20 +84,22 @@ def test_draw_captions_picks_only_real_choices():
     assert set(drawn[0::2].tolist()) == {3, 4} and set(drawn[1::2].tolist()) == {7}
 
 
-def test_train_export_sample_prompts_and_resume_bit_exactly(captioned_cache, tmp_path, reference_dir):
+@pytest.fixture(scope="module")
+def trained(captioned_cache, tmp_path_factory, reference_dir):
+    """A text model trained for 8 steps on the synthetic captioned cache (shared by the tests below)."""
+    out = tmp_path_factory.mktemp("t2i_runs")
     tokenizer = reference_dir / "vtp_tiny_default"  # official layout; 48-wide text tower, 16x4x4 latents
-    straight = run(
-        load_config(T2IConfig, T2I_RECIPE, overrides(tmp_path, "straight", captioned_cache, tokenizer))
-    )
-    assert (
-        straight.summary["step"] == 8 and straight.summary["distinct_captions"] == 6
-    )  # 4 + 2 even-class wordings
+    result = run(load_config(T2IConfig, T2I_RECIPE, overrides(out, "straight", captioned_cache, tokenizer)))
+    return out, tokenizer, result
+
+
+def test_train_export_and_resume_bit_exactly(captioned_cache, trained):
+    out, tokenizer, straight = trained
+    assert straight.summary["step"] == 8 and straight.summary["distinct_captions"] == 6  # 4 + 2 wordings
     # Resume: stop at step 4, then continue to 8 from last.ckpt: the same weights, bit for bit.
-    first = overrides(tmp_path, "resumed", captioned_cache, tokenizer, "trainer.max_steps=4")
+    first = overrides(out, "resumed", captioned_cache, tokenizer, "trainer.max_steps=4")
     run(load_config(T2IConfig, T2I_RECIPE, first))
-    resumed = run(
-        load_config(T2IConfig, T2I_RECIPE, overrides(tmp_path, "resumed", captioned_cache, tokenizer))
-    )
+    resumed = run(load_config(T2IConfig, T2I_RECIPE, overrides(out, "resumed", captioned_cache, tokenizer)))
     assert resumed.summary["weights_sha256"] == straight.summary["weights_sha256"]
 
     generator = load_text_generator(straight.generator)
@@ -105,13 +107,16 @@ def test_train_export_sample_prompts_and_resume_bit_exactly(captioned_cache, tmp
     info = json.loads((straight.generator / "stage2.json").read_text())
     assert info["conditioning"] == "text" and info["weights"] == "ema"
 
+
+def test_a_prompt_file_end_to_end(trained, tmp_path):
+    out, _, _ = trained
     prompts_file = tmp_path / "prompts.txt"
     prompts_file.write_text("a circle\n\nthe dot pattern\n")
     cfg = load_config(
         T2ISampleConfig,
         REPO_ROOT / "configs" / "stage2" / "sample_t2i_tiny.yaml",
         [
-            f"run.out_dir={tmp_path}",
+            f"run.out_dir={out}",
             "run.name=straight",
             f"prompts_file={prompts_file}",
             "per_prompt=3",
@@ -131,6 +136,47 @@ def test_train_export_sample_prompts_and_resume_bit_exactly(captioned_cache, tmp
     assert (result.folder / "prompts.txt").read_text() == "a circle\nthe dot pattern\n"
     # A rerun has nothing left to make.
     assert sample_run(cfg).written == 0
+
+
+def _evaluate(out, *extra):
+    from vtp_gen import create_model
+    from vtp_gen.interop.generators import save_generator
+    from vtp_gen.t2i.config import T2IEvalConfig
+    from vtp_gen.t2i.eval_run import run as eval_run
+
+    torch.manual_seed(0)
+    class_model = create_model("LightningDiT-T/2", input_size=4, in_channels=16, num_classes=10, depth=1)
+    save_generator(class_model, out / "class_generator")
+    evaluation = [
+        f"run.out_dir={out}",
+        "run.name=straight",
+        f"class_generator={out / 'class_generator'}",
+        "per_prompt=2",
+        "batch_size=10",
+        "sampling.steps=3",
+        "judge_epochs=1",
+        "judge_train_images=300",
+        *extra,
+    ]
+    return eval_run(load_config(T2IEvalConfig, REPO_ROOT / "configs" / "eval" / "t2i_tiny.yaml", evaluation))
+
+
+def test_evaluation_end_to_end_without_fid(trained):
+    out, _, _ = trained
+    metrics = _evaluate(out, "fid_real_images=0")
+    for model in ("text_model", "class_model"):
+        assert 0 <= metrics[model]["agreement"] <= 1 and 0 <= metrics[model]["clip_score"] <= 100
+        assert "fid" not in metrics[model]
+    assert 0 < metrics["judge_test_accuracy"] <= 1
+    folder = out / "straight" / "t2i_eval"
+    assert (folder / "grid.png").is_file() and "prompt agreement" in (folder / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_evaluation_end_to_end_with_fid(trained):
+    # Inception on the CPU: minutes on a shared machine, hence slow-marked.
+    metrics = _evaluate(trained[0], "fid_real_images=6")
+    assert metrics["text_model"]["fid"] > 0 and metrics["class_model"]["fid"] > 0
 
 
 def test_caption_dropout_uses_the_empty_caption_in_both_directions():

@@ -121,9 +121,10 @@ def run(cfg: DictConfig) -> dict:
             "clip_score": clip_score(tokenizer, pixels, prompts),
         },
     }
-    rows = [k * cfg.per_prompt + j for k in range(len(HELD_OUT_PROMPTS)) for j in range(GRID_PER_PROMPT)]
+    per_row = min(GRID_PER_PROMPT, cfg.per_prompt)
+    rows = [k * cfg.per_prompt + j for k in range(len(HELD_OUT_PROMPTS)) for j in range(per_row)]
     save_png(
-        captioned_grid(torch.from_numpy(pixels[rows]), list(HELD_OUT_PROMPTS), GRID_PER_PROMPT),
+        captioned_grid(torch.from_numpy(pixels[rows]), list(HELD_OUT_PROMPTS), per_row),
         folder / "grid.png",
     )
 
