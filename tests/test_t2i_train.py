@@ -232,3 +232,16 @@ def test_the_t2i_recipes_validate_and_the_class_recipe_is_unchanged():
         load_config(Stage2Config, REPO_ROOT / "configs" / "stage2" / "tiny.yaml").model.name
         == "LightningDiT-T/2"
     )
+
+
+def test_captions_of_another_dataset_are_refused(tmp_path):
+    from vtp_gen.latents.manifest import FORMAT_NAME, MANIFEST_FILE
+
+    cache = make_latent_cache(tmp_path / "cache", num_items=64)
+    manifest = {"format": FORMAT_NAME, "complete": True, "dataset": {"fingerprint": "abc"}}
+    (cache / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="not the one the cache"):
+        write_captions(cache, [["x"]] * 64, dataset_fingerprint="def")
+    write_captions(cache, [["x"]] * 64, dataset_fingerprint="abc")
+    record = json.loads((cache / CAPTIONS_FILE).read_text())
+    assert record["dataset_fingerprint"] == "abc" and record["captions"] == ["x"]

@@ -56,15 +56,27 @@ def dataset_captions(dataset) -> list[list[str]]:
     return out
 
 
-def write_captions(folder: str | Path, captions: Sequence[Sequence[str]]) -> Path:
-    """Write ``captions.json`` for the cache in ``folder`` (captions[i]: the captions of global index i)."""
+def write_captions(
+    folder: str | Path, captions: Sequence[Sequence[str]], dataset_fingerprint: str | None = None
+) -> Path:
+    """Write ``captions.json`` for the cache in ``folder`` (captions[i]: the captions of global index i).
+
+    ``dataset_fingerprint``: that of the dataset the captions come from; refused when the cache's
+    manifest names another dataset.
+    """
     folder = Path(folder)
+    expected = cache_fingerprint(folder)
+    if dataset_fingerprint is not None and expected is not None and dataset_fingerprint != expected:
+        raise ValueError(
+            f"the captions' dataset is not the one the cache in {folder} was made from (check data.* "
+            "against the cache's manifest.json, e.g. data.max_samples)"
+        )
     ids: dict[str, int] = {}
     per_image = [[ids.setdefault(c, len(ids)) for c in image_captions] for image_captions in captions]
     record = {
         "format": FORMAT,
         "version": VERSION,
-        "dataset_fingerprint": cache_fingerprint(folder),
+        "dataset_fingerprint": dataset_fingerprint or expected,
         "num_images": len(per_image),
         "captions": list(ids),
         "per_image": per_image,

@@ -67,10 +67,11 @@ def ensure_captions(cfg: DictConfig, cache: Path) -> Path:
     if not cfg.text.write_captions:
         raise FileNotFoundError(f"{path} not found and text.write_captions=false")
     from vtp_gen.data.build import build_dataset
+    from vtp_gen.latents.manifest import dataset_fingerprint
 
     dataset = build_dataset(cfg.data, with_captions=True)
     _say(f"writing the captions of {len(dataset)} images -> {path}")
-    return write_captions(cache, dataset_captions(dataset))
+    return write_captions(cache, dataset_captions(dataset), dataset_fingerprint(dataset))
 
 
 def build_text_generator(cfg: DictConfig, latents: LatentDataset, encoder: CaptionEncoder) -> torch.nn.Module:
