@@ -82,6 +82,29 @@ STEPS: dict[str, Step] = {
         "sample images from a trained generator into a PNG folder and an ADM .npz",
         7,
     ),
+    # Text-to-image (docs/text-to-image.md): `make stage2` / `make sample` pick these for t2i* /
+    # sample_t2i* recipes (see recipe_step), or call them by name.
+    "t2i": Step(
+        "vtp_gen.t2i.config:T2IConfig",
+        "vtp_gen.t2i.run:run",
+        "configs/stage2/t2i_tiny.yaml",
+        "train a text-to-image generator on captioned latents, conditioned by the tokenizer's text tower",
+        23,
+    ),
+    "t2i-sample": Step(
+        "vtp_gen.t2i.config:T2ISampleConfig",
+        "vtp_gen.t2i.sample_run:run",
+        "configs/stage2/sample_t2i_tiny.yaml",
+        "sample images from prompts with a text-to-image generator: captioned grid, PNGs, ADM .npz",
+        23,
+    ),
+    "t2i-eval": Step(
+        "vtp_gen.t2i.config:T2IEvalConfig",
+        "vtp_gen.t2i.eval_run:run",
+        "configs/eval/t2i_tiny.yaml",
+        "prompt agreement, CLIP score and FID of a text-to-image generator on held-out prompts",
+        23,
+    ),
     "eval": Step(
         "vtp_gen.metrics.eval_config:EvalConfig",
         "vtp_gen.metrics.eval_run:run",
@@ -129,13 +152,28 @@ def schema_for_recipe(path: str | Path) -> type | None:
     if folder == "data":
         return DataConfig
     step_name = {"stage1": "stage1", "eval": "eval", "scaling": "scaling"}.get(folder)
+    if folder == "eval":
+        step_name = recipe_step("eval", [path])
     if folder == "stage2":
         step_name = (
             "cache" if stem.startswith("cache") else "sample" if stem.startswith("sample") else "stage2"
         )
+        step_name = recipe_step(step_name, [path])
     if step_name is None or not _step_available(STEPS[step_name]):
         return None
     return _import(STEPS[step_name].schema)
+
+
+def recipe_step(step_name: str, recipes: list | None) -> str:
+    """``stage2`` / ``sample`` / ``eval`` given a text-to-image recipe (``t2i*`` / ``sample_t2i*``) run the t2i steps."""
+    stems = [Path(r).stem for r in recipes or []]
+    if step_name == "stage2" and stems and stems[0].startswith("t2i"):
+        return "t2i"
+    if step_name == "sample" and stems and stems[0].startswith("sample_t2i"):
+        return "t2i-sample"
+    if step_name == "eval" and stems and stems[0].startswith("t2i"):
+        return "t2i-eval"
+    return step_name
 
 
 def build_config(step_name: str, recipes: list[str] | None, data_recipe: str | None, overrides: list[str]):
@@ -171,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
         p.add_argument("overrides", nargs="*", help="key=value config overrides")
     args = parser.parse_args(argv)
+    args.step = recipe_step(args.step, args.config)
     step = STEPS[args.step]
     if not _step_available(step):
         print(

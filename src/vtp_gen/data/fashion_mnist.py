@@ -123,6 +123,10 @@ class FashionMNIST(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
+    def caption(self, index: int) -> str:
+        """The caption of item ``index``, without decoding its image."""
+        return caption_for(CLASS_NAMES[int(self.labels[index])], index)
+
     def __getitem__(self, index: int) -> dict:
         image = Image.fromarray(self.images[index]).convert("RGB")
         label = int(self.labels[index])
@@ -132,5 +136,5 @@ class FashionMNIST(Dataset):
             "key": f"{self.split}_{index:05d}",
         }
         if self.with_captions:
-            sample["caption"] = caption_for(CLASS_NAMES[label], index)
+            sample["caption"] = self.caption(index)
         return sample

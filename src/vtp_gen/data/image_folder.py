@@ -68,6 +68,10 @@ class LabelledImageFolder(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
+    def caption(self, index: int) -> str:
+        """The caption of item ``index``, without reading its image."""
+        return caption_for(self.class_names[self.files[index][1]], index)
+
     def __getitem__(self, index: int) -> dict | Skipped:
         path, label = self.files[index]
         key = f"{path.parent.name}/{path.stem}"
@@ -86,5 +90,5 @@ class LabelledImageFolder(Dataset):
             "issues": [repair] if repair else [],
         }
         if self.with_captions:
-            sample["caption"] = caption_for(self.class_names[label], index)
+            sample["caption"] = self.caption(index)
         return sample

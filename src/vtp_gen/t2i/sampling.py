@@ -1,0 +1,147 @@
+"""From prompts to images: loading a text generator, sampling with guidance, grids captioned with their prompts."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from safetensors.torch import load_file
+
+from vtp_gen.models.generators.text_dit import TextLightningDiT
+from vtp_gen.systems.latent_data import derive_seed
+from vtp_gen.systems.sampling import LatentDecoder, sample_noise
+from vtp_gen.t2i.guidance import sample_text
+from vtp_gen.t2i.text_features import CaptionEncoder
+from vtp_gen.utils.images import make_grid, save_png, to_pixels
+
+CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+SAMPLING_KEYS = ("method", "steps", "shift", "cfg_scale", "cfg_interval_start", "guidance_mode")
+
+
+def load_text_generator(folder: str | Path) -> TextLightningDiT:
+    """A ``config.json`` + ``model.safetensors`` folder written by text-to-image training (eval mode)."""
+    folder = Path(folder)
+    config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
+    for required in (config_path, weights_path):
+        if not required.is_file():
+            raise FileNotFoundError(f"{folder} is not a generator folder: {required.name} is missing")
+    config = json.loads(config_path.read_text())
+    if config.pop("architecture", None) != TextLightningDiT.architecture:
+        raise ValueError(f"{folder} holds a class-conditional generator: sample it with a class recipe")
+    model = TextLightningDiT(**config)
+    model.load_state_dict(load_file(weights_path), strict=True)
+    return model.eval()
+
+
+def sampling_settings(sampling) -> dict:
+    """``sample_text`` keyword arguments from a SamplingConfig-like object."""
+    kwargs = {key: getattr(sampling, key) for key in SAMPLING_KEYS}
+    if kwargs["method"] == "dopri5":
+        kwargs.update(atol=sampling.atol, rtol=sampling.rtol)
+    return kwargs
+
+
+@torch.no_grad()
+def generate(
+    model: TextLightningDiT,
+    encoder: CaptionEncoder,
+    decoder: LatentDecoder,
+    prompts: Sequence[str],
+    indices: Sequence[int],
+    seed: int,
+    sampling: dict,
+) -> torch.Tensor:
+    """Images (normalised space) for ``prompts[i]`` with the noise of sample ``indices[i]`` (seeded)."""
+    device = next(model.parameters()).device
+    shape = (model.in_channels, model.input_size, model.input_size)
+    noise = sample_noise(list(indices), shape, seed).to(device)
+    cond = encoder(list(prompts)).to(device)
+    null = encoder.null().to(device)
+    latents = sample_text(model, noise, cond, null, **sampling)
+    return decoder(latents.float())
+
+
+def captioned_grid(
+    images: torch.Tensor, prompts: Sequence[str], per_row: int, normalized: bool = True
+) -> np.ndarray:
+    """One row per prompt (``per_row`` images each), the prompt written to the left of its row."""
+    grid = make_grid(images, nrow=per_row, normalized=normalized)
+    rows = len(prompts)
+    font = ImageFont.load_default()
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label_width = 8 + max(int(probe.textlength(p, font=font)) for p in prompts)
+    canvas = Image.new("RGB", (label_width + grid.shape[1], grid.shape[0]), (255, 255, 255))
+    canvas.paste(Image.fromarray(grid), (label_width, 0))
+    draw = ImageDraw.Draw(canvas)
+    row_height = grid.shape[0] / rows
+    for r, prompt in enumerate(prompts):
+        draw.text((4, int(r * row_height + row_height / 2 - 5)), prompt, fill=(0, 0, 0), font=font)
+    return np.asarray(canvas)
+
+
+class PromptGridCallback(L.Callback):
+    """A grid of the EMA model's samples for fixed prompts, every N steps and at the end of training."""
+
+    def __init__(
+        self,
+        folder: Path,
+        make_decoder: Callable[[], LatentDecoder],
+        encoder: CaptionEncoder,
+        prompts: Sequence[str],
+        per_prompt: int,
+        sampling: dict,
+        every_n_steps: int = 0,
+        seed: int = 0,
+    ):
+        self.folder = Path(folder)
+        self.make_decoder = make_decoder
+        self.decoder: LatentDecoder | None = None
+        self.encoder = encoder
+        self.prompts = list(prompts)
+        self.per_prompt = per_prompt
+        self.sampling = sampling
+        self.every_n_steps = every_n_steps
+        self.seed = seed
+        self.written: list[Path] = []
+        self.last_step = -1
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if self.every_n_steps and step % self.every_n_steps == 0 and step != self.last_step:
+            self.write(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if trainer.global_step != self.last_step:
+            self.write(trainer, pl_module)
+
+    def write(self, trainer, pl_module) -> Path | None:
+        self.last_step = trainer.global_step
+        if not trainer.is_global_zero:
+            return None
+        if self.decoder is None:
+            self.decoder = self.make_decoder()
+        self.decoder.to(pl_module.device)
+        prompts = [p for p in self.prompts for _ in range(self.per_prompt)]
+        images = generate(
+            pl_module.ema.module,
+            self.encoder,
+            self.decoder,
+            prompts,
+            range(len(prompts)),
+            derive_seed("preview", self.seed),
+            self.sampling,
+        )
+        grid = captioned_grid(images.cpu(), self.prompts, self.per_prompt)
+        path = save_png(grid, self.folder / f"samples_step{trainer.global_step:08d}.png")
+        self.written.append(path)
+        return path
+
+
+def uint8_pixels(images: torch.Tensor) -> np.ndarray:
+    """Normalised-space images -> uint8 (N, H, W, 3)."""
+    return to_pixels(images.float().cpu(), normalized=True)
