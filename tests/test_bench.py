@@ -343,15 +343,27 @@ def test_gpu_kit_pins_what_is_installed_and_flags_what_nothing_provides(monkeypa
 
 
 def test_gpu_kit_covers_every_import_of_the_gpu_script(monkeypatch):
-    """The GPU machine has no registry: whatever gpu_mfu.py imports must be in its image or in the kit."""
+    """The GPU machine has no registry: whatever gpu_mfu.py imports must be in its image or in the kit.
+
+    Without the recipes' real steps (2-3 minutes of bf16 on this CPU); the slow test below covers them.
+    """
     monkeypatch.syspath_prepend(str(BENCH_DIR))
     from gpu_kit import CHECK_ARGS, KIT_PACKAGES, imported_distributions, uncovered
 
-    imported = imported_distributions(CHECK_ARGS)
+    imported = imported_distributions([*CHECK_ARGS, "--no-recipes"])
     assert {"diffusers", "open_clip_torch", "torch"} <= imported  # the dry run ran the real code paths
     assert uncovered(imported) == []
     without_open_clip = tuple(p for p in KIT_PACKAGES if p != "open_clip_torch")
     assert uncovered(imported, kit=without_open_clip) == ["open_clip_torch"]
+
+
+@pytest.mark.slow
+def test_gpu_kit_covers_the_imports_of_the_gpu_recipe_steps(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH_DIR))
+    from gpu_kit import CHECK_ARGS, imported_distributions, uncovered
+
+    imported = imported_distributions(CHECK_ARGS)
+    assert "lightning" in imported and uncovered(imported) == []
 
 
 def test_bf16_check_passes_the_tiny_training_steps_and_sees_the_cast(monkeypatch):
