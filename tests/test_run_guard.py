@@ -355,3 +355,35 @@ def test_sigterm_during_a_training_preview_abandons_the_grid_and_saves(tmp_path,
     assert "stopped after step 3;" in stderr.strip().splitlines()[-1]
     assert_saved(run, 3)
     assert not list((run / "images").glob("*.png"))  # neither that grid nor an end-of-run one
+
+
+def test_a_forked_child_does_not_keep_the_folder_locked(tmp_path, monkeypatch):
+    # DataLoader workers are forked: if they kept the lock descriptor, a killed run's folder would stay
+    # locked until its orphaned workers exited, and the rerun the message advises would be refused.
+    import fcntl
+    import os
+    import time
+
+    from vtp_gen.utils.run_lock import LOCK_FILE, hold_folder
+
+    for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID"):
+        monkeypatch.delenv(name, raising=False)
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "config.yaml").write_text("{}\n")  # a folder with work in it keeps its lock file
+    ready_read, ready_write = os.pipe()
+    with hold_folder(folder, "stage2"):
+        child = os.fork()
+        if child == 0:  # the worker: its fork hooks have run once it can write; it outlives the hold
+            os.write(ready_write, b"1")
+            time.sleep(3)
+            os._exit(0)
+        os.read(ready_read, 1)
+    try:
+        probe = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT)
+        try:
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError if the child held it
+        finally:
+            os.close(probe)
+    finally:
+        os.waitpid(child, 0)

@@ -62,6 +62,13 @@ EXERCISED_BY = {
     "stage2/sample_paper.yaml": "test_paper_sampling_and_evaluation",
     "eval/imagenet.yaml": "test_paper_sampling_and_evaluation",
     "eval/tiny.yaml": "test_embedded_default_evaluation",
+    # Text-to-image: trained, resumed, sampled and evaluated with their own settings in test_t2i_*.py.
+    "stage2/t2i_tiny.yaml": "test_t2i_train.py::test_train_export_and_resume_bit_exactly",
+    "stage2/sample_t2i_tiny.yaml": "test_t2i_train.py::test_a_prompt_file_end_to_end",
+    "eval/t2i_tiny.yaml": "test_t2i_train.py::test_evaluation_end_to_end_without_fid",
+    "stage2/t2i_xl_laion.yaml": (
+        "test_t2i_generator.py::test_the_paper_scale_recipe_builds_a_dit_xl_sized_model_on_the_meta_device"
+    ),
 }
 
 # Stage-1 tokenizers: one block of width 64 in each tower; patch size, latent channels,

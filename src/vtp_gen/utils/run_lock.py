@@ -114,6 +114,29 @@ def _stale_warning(folder: Path, previous: dict) -> str:
     return text
 
 
+_lock_fds: set[int] = set()  # descriptors of the locks this process holds
+
+
+def _drop_inherited_locks() -> None:
+    """In a forked child (a DataLoader worker): close the inherited lock descriptors.
+
+    flock belongs to the open file, which a fork shares: a worker that kept its
+    copy would hold the folder after its parent was killed, and a rerun would be
+    refused until the orphan exited. The parent's own descriptors are untouched.
+    """
+    for fd in list(_lock_fds):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _lock_fds.clear()
+    _held.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_inherited_locks)
+
+
 @contextmanager
 def hold_folder(folder: str | Path, step: str) -> Iterator[None]:
     """Hold ``folder`` for ``step`` (created if missing); :class:`FolderInUseError` when another holds it."""
@@ -158,6 +181,7 @@ def hold_folder(folder: str | Path, step: str) -> Iterator[None]:
         warnings.warn(_stale_warning(folder, previous), stacklevel=3)
     _write_record(fd, holder_record(step))
     _held[key] = 1
+    _lock_fds.add(fd)
     try:
         yield
     finally:
@@ -174,4 +198,5 @@ def hold_folder(folder: str | Path, step: str) -> Iterator[None]:
             except OSError:
                 pass
             finally:
+                _lock_fds.discard(fd)
                 os.close(fd)  # releases the lock
