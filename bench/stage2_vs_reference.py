@@ -43,22 +43,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from vtp_bench.timing import interleaved_times, median, paired_ratio  # noqa: E402
 
-# The configuration the comparison is defined on (LightningDiT's constructor arguments).
-ARCH = dict(
-    input_size=8,
-    patch_size=1,
-    in_channels=16,
-    hidden_size=384,
-    depth=12,
-    num_heads=6,
-    num_classes=1000,
-    use_swiglu=True,
-    use_rope=True,
-    use_rmsnorm=True,
-    use_qknorm=False,
-    wo_shift=False,
-    learn_sigma=False,
-)
+from vtp_gen.models.generators.presets import LIGHTNINGDIT_RECIPE  # noqa: E402
+
+# The configuration the comparison is defined on (LightningDiT's constructor arguments): the
+# LightningDiT recipe's blocks (SwiGLU, RMSNorm, RoPE) at depth 12, width 384, on 8x8x16 latents.
+ARCH = {
+    **LIGHTNINGDIT_RECIPE,
+    **dict(input_size=8, patch_size=1, in_channels=16, hidden_size=384, depth=12, num_heads=6),
+    "num_classes": 1000,
+}
 BATCH = 64
 LR, BETAS = 2e-4, (0.9, 0.95)
 

@@ -8,7 +8,7 @@ import torch
 
 from vtp_gen.models.generators.guidance import combine_guidance
 from vtp_gen.t2i.text_features import TextFeatures
-from vtp_gen.transport.samplers import METHOD_ALIASES, ode_sampler, sde_sampler
+from vtp_gen.transport.samplers import integrate
 
 
 def text_guided_velocity(
@@ -55,15 +55,5 @@ def sample_text(
     **solver_kwargs,
 ) -> torch.Tensor:
     """Latents from noise ``z`` for caption features ``cond``: the text counterpart of ``transport.sample``."""
-    method = METHOD_ALIASES.get(method, method)
-    if method == "sde":
-        sampler = sde_sampler(steps=steps, **solver_kwargs)
-    else:
-        sampler = ode_sampler(method, steps=steps, shift=shift, **solver_kwargs)
     velocity = text_guided_velocity(model, cond, null, cfg_scale, cfg_interval_start, guidance_mode)
-    was_training = model.training
-    model.eval()
-    try:
-        return sampler(z, velocity)
-    finally:
-        model.train(was_training)
+    return integrate(model, z, velocity, method, steps, shift, **solver_kwargs)

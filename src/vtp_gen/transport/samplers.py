@@ -164,6 +164,24 @@ def sample(
       ``guidance.guided_velocity``; guidance mode "reference" reproduces published numbers.
     The model is evaluated in eval mode (no label dropout) and restored afterwards.
     """
+    velocity = guided_velocity(model, y, cfg_scale, cfg_interval_start, guidance_mode)
+    return integrate(model, z, velocity, method, steps, shift, **solver_kwargs)
+
+
+def integrate(
+    model: torch.nn.Module,
+    z: torch.Tensor,
+    velocity,
+    method: str,
+    steps: int,
+    shift: float = 0.0,
+    **solver_kwargs,
+) -> torch.Tensor:
+    """Integrate ``velocity(x, t)`` (which calls ``model``) from noise ``z`` with the named sampler.
+
+    Shared by every conditioning (class labels here, captions in ``vtp_gen.t2i``); the model runs
+    in eval mode and is restored afterwards.
+    """
     method = METHOD_ALIASES.get(method, method)
     if method == "sde":
         if shift > 0 and shift != 1:
@@ -171,7 +189,6 @@ def sample(
         sampler = sde_sampler(steps=steps, **solver_kwargs)
     else:
         sampler = ode_sampler(method, steps=steps, shift=shift, **solver_kwargs)
-    velocity = guided_velocity(model, y, cfg_scale, cfg_interval_start, guidance_mode)
     was_training = model.training
     model.eval()
     try:
