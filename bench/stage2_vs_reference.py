@@ -17,6 +17,12 @@ latents, batch 64, fp32, velocity MSE + cosine loss with logit-normal times.
   AdamW with ``optim.fused``'s default, ``EMA.update``); ``--compile`` adds the
   same step with ``trainer.compile=true``.
 
+The script also profiles one step of each side and reports its matrix-multiply
+share (``aten::mm`` / ``addmm`` / ``bmm`` self time). Both sides run the same
+GEMMs (same shapes, same FLOPs), so ``1 / share`` of the reference is the
+ceiling of any ratio on this machine: a step whose non-GEMM work cost nothing
+would reach it and no more.
+
 Workloads are timed in interleaved rounds (``vtp_bench.timing``), so a load
 spike of the shared machine hits both sides of a ratio; the script prints
 the median ratio, its range over rounds and the load average, and writes
@@ -151,6 +157,21 @@ class OurStep:
         self.system.ema.update(self.model)
 
 
+GEMM_OPS = ("aten::mm", "aten::addmm", "aten::bmm")
+
+
+def gemm_share(step) -> dict:
+    """Self CPU time of one profiled step, and the part of it spent in matrix multiplies."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    gemm = sum(e.self_cpu_time_total for e in events if e.key in GEMM_OPS)
+    return {"step_ms": total / 1e3, "gemm_ms": gemm / 1e3, "gemm_share": gemm / total}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -184,6 +205,8 @@ def main(argv: list[str] | None = None) -> dict:
     samples = interleaved_times(runners, args.rounds, "cpu", warmup=2)
     elapsed = time.perf_counter() - started
     load_after = os.getloadavg()
+    profiles = {name: gemm_share(step) for name, step in runners.items()}
+    ceiling = 1 / profiles["reference"]["gemm_share"]
 
     result = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -198,6 +221,8 @@ def main(argv: list[str] | None = None) -> dict:
         "median_ms": {name: 1e3 * median(times) for name, times in samples.items()},
         "samples_s": samples,
         "speed_vs_reference": {},
+        "profile": profiles,
+        "gemm_ceiling": ceiling,
     }
     print(f"stage-2 step, {params['ours'] / 1e6:.1f}M parameters, B={BATCH}, {args.threads} threads")
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (1 min)")
@@ -209,6 +234,12 @@ def main(argv: list[str] | None = None) -> dict:
             result["speed_vs_reference"][name] = {"median": speed, "min": min(ratios), "max": max(ratios)}
             line += f"   {speed:.2f}x the reference's speed (rounds: {min(ratios):.2f}-{max(ratios):.2f}x)"
         print(line)
+    for name, prof in profiles.items():
+        print(f"  {name:16s} matrix multiplies {100 * prof['gemm_share']:.0f} % of a profiled step")
+    print(
+        f"ceiling: the reference spends {100 / ceiling:.0f} % of its step in the GEMMs both sides share, "
+        f"so no step of the same FLOPs exceeds {ceiling:.2f}x its speed on this machine"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     print(f"wrote {args.out}")
