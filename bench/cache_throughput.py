@@ -36,9 +36,9 @@ from vtp_gen.config import load_config
 from vtp_gen.data.fashion_mnist import FashionMNIST
 from vtp_gen.data.transforms import CenterCropNormalize
 from vtp_gen.interop.vtp import load_tokenizer, save_pretrained
-from vtp_gen.latents.config import CacheConfig
-from vtp_gen.latents.run import run
 from vtp_gen.models.registry import create_model
+from vtp_gen.pipeline.cache.config import CacheConfig
+from vtp_gen.pipeline.cache.run import run
 
 
 def bare_encoder_rates(

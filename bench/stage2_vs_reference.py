@@ -135,8 +135,8 @@ class OurStep:
 
     def __init__(self, compiled: bool = False):
         from vtp_gen.models.generators import LightningDiT
+        from vtp_gen.pipeline.stage2.config import OptimConfig
         from vtp_gen.systems.flow_matching import AdamWSettings, LatentFlowMatching
-        from vtp_gen.systems.stage2_config import OptimConfig
         from vtp_gen.transport import Transport
 
         model = LightningDiT(**ARCH)

@@ -2,7 +2,7 @@
 
 import sys
 
-from vtp_gen.cli import main
+from vtp_gen.pipeline.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["eval", *sys.argv[1:]]))

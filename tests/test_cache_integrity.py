@@ -18,13 +18,13 @@ from safetensors.torch import save as safetensors_save
 from test_latents_cache import _fashion_available, cache_config
 from test_stage2_helpers import tiny_overrides
 
-from vtp_gen.cli import main as cli_main
 from vtp_gen.interop.vtp import load_tokenizer, save_pretrained
 from vtp_gen.latents.dataset import LatentDataset
 from vtp_gen.latents.manifest import CacheMismatchError
-from vtp_gen.latents.run import run
 from vtp_gen.latents.verify import verify_cache
 from vtp_gen.latents.writer import canonical_safetensors_bytes
+from vtp_gen.pipeline.cache.run import run
+from vtp_gen.pipeline.cli import main as cli_main
 
 pytestmark = pytest.mark.skipif(
     not _fashion_available(), reason="Fashion-MNIST not installed: run `make setup`"

@@ -8,6 +8,7 @@ import torch
 
 import vtp_gen
 from vtp_gen.data.fashion_mnist import CLASS_NAMES
+from vtp_gen.data.images import load_png
 from vtp_gen.data.transforms import denormalize
 from vtp_gen.interop.diffusers import VTPPipeline
 from vtp_gen.interop.export_cli import EXPORT_INFO_FILE, main
@@ -15,7 +16,6 @@ from vtp_gen.interop.generators import save_generator
 from vtp_gen.latents.dataset import LatentStats
 from vtp_gen.latents.manifest import FORMAT_NAME, MANIFEST_FILE
 from vtp_gen.transport import sample
-from vtp_gen.utils.images import load_png
 
 SAMPLING = {"method": "euler", "steps": 4, "shift": 0.3, "cfg_scale": 1.5, "cfg_interval_start": 0.1}
 

@@ -28,8 +28,8 @@ from test_stage2_helpers import make_latent_cache, tiny_overrides
 from test_stage2_resume import assert_identical, final_state, uninterrupted  # noqa: F401 (fixture)
 from test_stage2_sampling import generator_folder  # noqa: F401 (fixture)
 
+from vtp_gen.data.images import load_png
 from vtp_gen.latents.verify import verify_cache
-from vtp_gen.utils.images import load_png
 
 # Runs `vtp-gen <args>` with a file-size limit: from the start, or (LIMIT_AT=module:attribute[#N]) from the
 # moment that function or method is entered (for the N-th time), so a fault can be put at one exact write.
@@ -57,7 +57,7 @@ if where:
     setattr(owner, name, limited)
 else:
     apply_limit()
-from vtp_gen.cli import main
+from vtp_gen.pipeline.cli import main
 sys.exit(main(sys.argv[2:]))
 """
 
@@ -98,8 +98,8 @@ from pathlib import Path
 from vtp_gen.systems.trainer import AtomicCheckpointIO
 from vtp_gen.systems.sampling import write_adm_npz
 from vtp_gen.utils.atomic import write_bytes_atomic, write_text_atomic
-from vtp_gen.utils.images import save_png
-from vtp_gen.utils.run_dir import write_json_atomic
+from vtp_gen.data.images import save_png
+from vtp_gen.pipeline.run_dir import write_json_atomic
 from vtp_gen.latents.finalize import save_stats
 folder = Path(sys.argv[1])
 pixels = np.random.default_rng(0).integers(0, 255, (3, 96, 96, 3), np.uint8)

@@ -97,7 +97,7 @@ def test_metrics_json_round_trip_and_refuses_other_files(tmp_path):
 
 
 def test_report_copies_images_and_lists_every_metric(tmp_path):
-    from vtp_gen.utils.images import save_png
+    from vtp_gen.data.images import save_png
 
     source = save_png(np.zeros((8, 8, 3), np.uint8), tmp_path / "src" / "loss_curves.png")
     records = [MetricRecord("gfid", 41.5, FMNIST), MetricRecord("psnr", 20.0, FMNIST)]

@@ -1,4 +1,4 @@
-"""`make eval` end to end on a tiny run folder (vtp_gen.metrics.eval_run).
+"""`make eval` end to end on a tiny run folder (vtp_gen.pipeline.evaluate.run).
 
 The run folder is real in layout and weights format: a vtp-tiny tokenizer written with
 save_pretrained, a LightningDiT-T/1 generator exported as stage 2 does. Weights are random,
@@ -17,9 +17,9 @@ import torch
 from vtp_gen import create_model, load_tokenizer, save_pretrained
 from vtp_gen.config import load_config
 from vtp_gen.interop.generators import save_generator
-from vtp_gen.metrics import eval_run
-from vtp_gen.metrics.eval_config import EvalConfig
 from vtp_gen.metrics.report import read_metrics_json
+from vtp_gen.pipeline.evaluate import run as eval_run
+from vtp_gen.pipeline.evaluate.config import EvalConfig
 
 REPO = Path(__file__).resolve().parents[1]
 STAND_IN = "test-stand-in/8x8-grey-projection"

@@ -19,12 +19,12 @@ from test_stage2_helpers import make_latent_cache
 from vtp_gen.latents.dataset import LatentDataset
 from vtp_gen.models.discriminator import PatchDiscriminator
 from vtp_gen.models.registry import create_model
+from vtp_gen.pipeline.stage1.run import build_finetune_data, build_tokenizer
 from vtp_gen.systems.clipping import clip_gradients_, sharded_clip_grad_norm_
 from vtp_gen.systems.decoder_finetune import OPTIMIZER_STEPS_PER_STEP, DecoderFinetune
 from vtp_gen.systems.flow_matching import AdamWSettings, LatentFlowMatching
 from vtp_gen.systems.latent_data import LatentDataModule
 from vtp_gen.systems.nonfinite import NonFiniteGuard
-from vtp_gen.systems.stage1_run import build_finetune_data, build_tokenizer
 from vtp_gen.transport import Transport
 
 CLIP = 1e-3  # far below every unclipped gradient norm here

@@ -19,12 +19,12 @@ from vtp_gen.config import load_config
 from vtp_gen.data.fashion_mnist import FashionMNIST, find_root
 from vtp_gen.data.transforms import CenterCropNormalize
 from vtp_gen.interop.vtp import load_tokenizer, save_pretrained
-from vtp_gen.latents.config import CacheConfig
 from vtp_gen.latents.dataset import LatentDataset, LatentStats, denormalize_latents
 from vtp_gen.latents.manifest import CacheMismatchError, check_tokenizer
-from vtp_gen.latents.run import run
 from vtp_gen.latents.verify import main as verify_main
 from vtp_gen.latents.verify import verify_cache
+from vtp_gen.pipeline.cache.config import CacheConfig
+from vtp_gen.pipeline.cache.run import run
 from vtp_gen.utils.run_lock import LOCK_FILE
 
 

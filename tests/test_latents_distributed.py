@@ -12,9 +12,9 @@ from safetensors.torch import load_file
 
 from vtp_gen.config import load_config
 from vtp_gen.data.fashion_mnist import find_root
-from vtp_gen.latents.config import CacheConfig
-from vtp_gen.latents.run import run
 from vtp_gen.latents.verify import verify_cache
+from vtp_gen.pipeline.cache.config import CacheConfig
+from vtp_gen.pipeline.cache.run import run
 
 
 def _fashion_available() -> bool:
@@ -59,7 +59,14 @@ def test_two_ranks_write_disjoint_shards_with_the_same_content_and_stats(referen
     run(load_config(CacheConfig, None, [f"tokenizer={tokenizer}", f"out_dir={one}", "devices=1", *OVERRIDES]))
     two = tmp_path / "two_ranks"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    command = [sys.executable, "-m", "vtp_gen.cli", "cache", f"tokenizer={tokenizer}", f"out_dir={two}"]
+    command = [
+        sys.executable,
+        "-m",
+        "vtp_gen.pipeline.cli",
+        "cache",
+        f"tokenizer={tokenizer}",
+        f"out_dir={two}",
+    ]
     done = subprocess.run(
         [*command, "devices=2", "strategy=ddp", *OVERRIDES],
         env=env,

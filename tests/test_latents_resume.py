@@ -20,9 +20,9 @@ from safetensors.torch import load_file
 
 from vtp_gen.config import load_config
 from vtp_gen.data.fashion_mnist import find_root
-from vtp_gen.latents.config import CacheConfig
-from vtp_gen.latents.run import run
 from vtp_gen.latents.verify import verify_cache
+from vtp_gen.pipeline.cache.config import CacheConfig
+from vtp_gen.pipeline.cache.run import run
 
 
 def _fashion_available() -> bool:
@@ -68,7 +68,7 @@ def start_and_kill(
     (measured), and a kill meant for that finalisation window must not miss it."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "vtp_gen.cli", "cache", *args],
+        [sys.executable, "-m", "vtp_gen.pipeline.cli", "cache", *args],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -165,7 +165,10 @@ def test_killed_again_and_again_still_completes_exactly(reference_dir, uncut, tm
     stats_written = (folder / "latents_stats.pt").exists()
     print(f"finalisation kill: statistics {'written' if stats_written else 'not yet written'}, no manifest")
     done = subprocess.run(
-        [sys.executable, "-m", "vtp_gen.cli", "cache", *args], capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "vtp_gen.pipeline.cli", "cache", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "(0 to write)" in done.stdout  # the last rerun only finalises: every shard survived the kill

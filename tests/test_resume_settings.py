@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.faults, pytest.mark.slow]  # ~90 s: five tiny stage-2 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "vtp_gen.cli", *args]
+    command = [sys.executable, "-m", "vtp_gen.pipeline.cli", *args]
     return subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
 
 

@@ -20,10 +20,10 @@ import pytest
 import torch
 from test_stage2_helpers import TINY_RECIPE, make_latent_cache, tiny_overrides
 
-from vtp_gen.cli import main as cli_main
 from vtp_gen.config import load_config
-from vtp_gen.systems.stage2_config import Stage2Config
-from vtp_gen.systems.stage2_run import preview_size
+from vtp_gen.pipeline.cli import main as cli_main
+from vtp_gen.pipeline.stage2.config import Stage2Config
+from vtp_gen.pipeline.stage2.run import preview_size
 from vtp_gen.utils.run_lock import LOCK_FILE, FolderInUseError, hold_folder
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -179,7 +179,7 @@ def test_sample_refuses_a_code_running_latent_statistics_file_in_one_line(tmp_pa
 
 def start_stage2(overrides: list[str], stdout=subprocess.DEVNULL) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "vtp_gen.cli", "stage2", "--config", str(TINY_RECIPE), *overrides],
+        [sys.executable, "-m", "vtp_gen.pipeline.cli", "stage2", "--config", str(TINY_RECIPE), *overrides],
         env=ENV,
         cwd=REPO_ROOT,
         stdout=stdout,
@@ -277,9 +277,9 @@ def test_sigterm_during_the_end_of_run_preview_loses_nothing(tmp_path, reference
 
 @pytest.mark.slow
 def test_sigterm_while_sampling_keeps_the_finished_pngs(tmp_path, reference_dir):
+    from vtp_gen.data.images import load_png
     from vtp_gen.interop.generators import save_generator
     from vtp_gen.models.registry import create_model
-    from vtp_gen.utils.images import load_png
 
     generator = tmp_path / "generator"
     torch.manual_seed(0)
@@ -292,7 +292,7 @@ def test_sigterm_while_sampling_keeps_the_finished_pngs(tmp_path, reference_dir)
         [
             sys.executable,
             "-m",
-            "vtp_gen.cli",
+            "vtp_gen.pipeline.cli",
             "sample",
             f"generator={generator}",
             f"tokenizer={reference_dir / 'vtp_tiny_default'}",

@@ -16,13 +16,20 @@ import torch
 from PIL import Image
 from test_stage1_resume import _fashion_available
 
-from vtp_gen.cli import build_config
 from vtp_gen.config import ConfigError
 from vtp_gen.metrics.report import MetricRecord, Protocol, write_metrics_json
-from vtp_gen.scaling.flops import batches_per_step, count_flops, pretraining_step_flops
-from vtp_gen.scaling.plots import pearson, plot_all
-from vtp_gen.scaling.results import COLUMNS, build_row, eval_values, objectives_label, read_csv, write_csv
-from vtp_gen.scaling.study import finished_record, plan_points, record_point, step_calls
+from vtp_gen.pipeline.cli import build_config
+from vtp_gen.pipeline.scaling.flops import batches_per_step, count_flops, pretraining_step_flops
+from vtp_gen.pipeline.scaling.plots import pearson, plot_all
+from vtp_gen.pipeline.scaling.results import (
+    COLUMNS,
+    build_row,
+    eval_values,
+    objectives_label,
+    read_csv,
+    write_csv,
+)
+from vtp_gen.pipeline.scaling.run import finished_record, plan_points, record_point, step_calls
 
 REPO = Path(__file__).resolve().parents[1]
 needs_fashion = pytest.mark.skipif(

@@ -1,6 +1,6 @@
 """Every file under configs/ run as shipped: real optimiser steps on the CPU, shrunk only where it must be.
 
-Each recipe is loaded the way its header says to use it (``vtp_gen.cli.build_config``:
+Each recipe is loaded the way its header says to use it (``vtp_gen.pipeline.cli.build_config``:
 ``--config`` layers left to right, ``--data`` merged into the data section) and its step
 runs in process with the recipe's own precision (bf16-mixed runs on the CPU), optimiser
 and fusing, clipping, EMA, objectives and data source. The data are small synthetic sets
@@ -30,7 +30,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vtp_gen.cli import build_config
+from vtp_gen.pipeline.cli import build_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -114,7 +114,7 @@ def stage1_steps(out: Path, name: str, steps: int = 2, finetune_steps: int = 1) 
 
 
 def run_stage1(cfg) -> dict:
-    from vtp_gen.systems.stage1_run import run
+    from vtp_gen.pipeline.stage1.run import run
 
     metrics = run(cfg)
     progress = json.loads((Path(cfg.run.out_dir) / cfg.run.name / "stage1" / "progress.json").read_text())
@@ -159,9 +159,9 @@ def test_every_file_under_configs_is_exercised():
 @pytest.fixture(scope="module")
 def tiny_chain(tmp_path_factory):
     """`make stage1 DATA=configs/data/fashion_mnist.yaml`, `make cache`, `make stage2`, `make sample`, shrunk."""
-    from vtp_gen.latents.run import run as run_cache
-    from vtp_gen.systems.sample_run import run as run_sample
-    from vtp_gen.systems.stage2_run import run as run_stage2
+    from vtp_gen.pipeline.cache.run import run as run_cache
+    from vtp_gen.pipeline.sample.run import run as run_sample
+    from vtp_gen.pipeline.stage2.run import run as run_stage2
 
     out = tmp_path_factory.mktemp("tiny_chain")
     stage1 = configure(
@@ -238,7 +238,7 @@ def test_embedded_default_chain_runs_as_shipped(tiny_chain):
 @pytest.mark.slow
 def test_embedded_default_evaluation(tiny_chain):
     """configs/eval/tiny.yaml on the chain's run folder, with the real Inception, on a few images."""
-    from vtp_gen.metrics.eval_run import run as run_eval
+    from vtp_gen.pipeline.evaluate.run import run as run_eval
 
     cfg = configure(
         "eval",
@@ -272,7 +272,7 @@ def test_scaling_studies_plan_every_step(recipe, tmp_path):
     Running a point is tests/test_scaling.py's slow micro study; the paper study is cluster jobs
     (``execute: false``) whose commands are what this plans.
     """
-    from vtp_gen.scaling.study import plan_points, step_calls
+    from vtp_gen.pipeline.scaling.run import plan_points, step_calls
 
     cfg = configure("scaling", [recipe], None, [f"run.out_dir={tmp_path}"])
     points = plan_points(cfg)
@@ -379,7 +379,7 @@ def test_paper_tokenizer_recipes_take_steps(recipe, data, tmp_path, imagenet_fol
 def paper_chain(tmp_path_factory, imagenet_folder):
     """The issue's command, shrunk: `make stage1 CONFIG=configs/stage1/vtp_b.yaml DATA=configs/data/imagenet.yaml`,
     then `make cache CONFIG=configs/stage2/cache_imagenet.yaml` with its tokenizer (64x16x16 latents)."""
-    from vtp_gen.latents.run import run as run_cache
+    from vtp_gen.pipeline.cache.run import run as run_cache
 
     out = tmp_path_factory.mktemp("paper_chain")
     stage1 = configure(
@@ -419,7 +419,7 @@ def paper_chain(tmp_path_factory, imagenet_folder):
     "recipe", ["lightningdit_xl1.yaml", "lightningdit_b1.yaml", "sit_xl2.yaml", "dit_xl2.yaml"]
 )
 def test_paper_generator_recipes_take_steps(recipe, paper_chain):
-    from vtp_gen.systems.stage2_run import run as run_stage2
+    from vtp_gen.pipeline.stage2.run import run as run_stage2
 
     cfg = configure(
         "stage2",
@@ -450,8 +450,8 @@ def test_paper_generator_recipes_take_steps(recipe, paper_chain):
 @pytest.mark.slow
 def test_paper_sampling_and_evaluation(paper_chain, tmp_path):
     """sample_paper.yaml on the LightningDiT-XL/1 recipe's generator, then eval/imagenet.yaml on it all."""
-    from vtp_gen.metrics.eval_run import run as run_eval
-    from vtp_gen.systems.sample_run import run as run_sample
+    from vtp_gen.pipeline.evaluate.run import run as run_eval
+    from vtp_gen.pipeline.sample.run import run as run_sample
 
     generator = paper_chain["generators"].get("lightningdit_xl1.yaml")
     if generator is None:  # run alone: train the recipe's generator first

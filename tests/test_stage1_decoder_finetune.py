@@ -10,8 +10,8 @@ import torch
 from test_stage1_system import CaptionedShapes, stage1_config
 
 from vtp_gen.models.discriminator import PatchDiscriminator
+from vtp_gen.pipeline.stage1.run import build_finetune_data, build_tokenizer
 from vtp_gen.systems.decoder_finetune import OPTIMIZER_STEPS_PER_STEP, DecoderFinetune
-from vtp_gen.systems.stage1_run import build_finetune_data, build_tokenizer
 
 
 class Snapshots(L.Callback):

@@ -10,8 +10,8 @@ from omegaconf import OmegaConf
 
 from vtp_gen.config import load_config
 from vtp_gen.models.tokenizer import count_parameters
-from vtp_gen.systems.stage1_config import Stage1Config
-from vtp_gen.systems.stage1_run import build_tokenizer
+from vtp_gen.pipeline.stage1.config import Stage1Config
+from vtp_gen.pipeline.stage1.run import build_tokenizer
 from vtp_gen.systems.tokenizer_pretraining import TokenizerPretraining
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "stage1"

@@ -16,9 +16,9 @@ from test_stage1_resume import SMALL, _fashion_available
 
 import vtp_gen
 from vtp_gen.config import load_config
-from vtp_gen.systems.stage1_config import Stage1Config
-from vtp_gen.systems.stage1_run import run
-from vtp_gen.utils.images import load_png
+from vtp_gen.data.images import load_png
+from vtp_gen.pipeline.stage1.config import Stage1Config
+from vtp_gen.pipeline.stage1.run import run
 from vtp_gen.utils.plots import plot_loss_curves, read_metrics
 
 REPO = Path(__file__).resolve().parents[1]

@@ -43,7 +43,7 @@ def tiny_run(out_dir: Path, data: list[str], pretrain_steps: int, finetune_steps
     )
     output = run_to_end(cmd)
     print(output)
-    assert "stage1 pre-training data:" in output and "stage1 decoder fine-tune data:" in output
+    assert "[stage1] pre-training data:" in output and "[stage1] decoder fine-tune data:" in output
     return json.loads((out_dir / "salted" / "stage1" / "metrics.json").read_text())["data"]
 
 

@@ -17,8 +17,8 @@ from torch.utils.data import Dataset
 
 from vtp_gen.config import load_config
 from vtp_gen.interop.vtp import load_tokenizer
-from vtp_gen.systems.stage1_config import Stage1Config
-from vtp_gen.systems.stage1_run import build_pretraining_data, build_tokenizer
+from vtp_gen.pipeline.stage1.config import Stage1Config
+from vtp_gen.pipeline.stage1.run import build_pretraining_data, build_tokenizer
 from vtp_gen.systems.tokenizer_pretraining import TokenizerPretraining
 
 REPO = Path(__file__).resolve().parents[1]
@@ -313,7 +313,7 @@ def test_export_holds_the_tokenizer_only(tmp_path):
 )
 def test_regional_compile_matches_the_eager_step():
     """trainer.compile: every encoder/teacher/decoder/text block compiled in place, same losses and grads."""
-    from vtp_gen.systems.stage1_run import tokenizer_block_types
+    from vtp_gen.pipeline.stage1.run import tokenizer_block_types
     from vtp_gen.utils.compile import compile_blocks
 
     cfg = stage1_config("vtp")

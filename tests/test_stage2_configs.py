@@ -6,7 +6,7 @@ from test_stage2_helpers import REPO_ROOT
 
 from vtp_gen import create_model
 from vtp_gen.config import load_config
-from vtp_gen.systems.stage2_config import SampleConfig, Stage2Config
+from vtp_gen.pipeline.stage2.config import SampleConfig, Stage2Config
 
 RECIPES = REPO_ROOT / "configs" / "stage2"
 
@@ -88,7 +88,7 @@ def test_tiny_recipe_runs_on_cpu_in_fp32():
 
 def test_cache_settings_of_the_tiny_recipe_match_make_cache():
     # `make stage2` may make the cache `make cache` would make: the same folder must mean the same cache.
-    from vtp_gen.latents.config import CacheConfig
+    from vtp_gen.pipeline.cache.config import CacheConfig
 
     cache = load_config(CacheConfig, RECIPES / "cache_tiny.yaml")
     tiny = recipe("tiny")

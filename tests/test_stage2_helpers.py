@@ -2,7 +2,7 @@
 
     python tests/test_stage2_helpers.py [--kill-at STEP] key=value ...
 
-runs ``vtp_gen.systems.stage2_run.run`` on the tiny recipe with the overrides
+runs ``vtp_gen.pipeline.stage2.run.run`` on the tiny recipe with the overrides
 and, with ``--kill-at``, SIGKILLs its own process at the end of that
 optimiser step (before that step's checkpoint, if any, is written: Lightning
 runs checkpoint callbacks after all others): a real crash, not an exception.
@@ -98,8 +98,8 @@ def _main(argv: list[str]) -> None:
     import lightning as L
 
     from vtp_gen.config import load_config
-    from vtp_gen.systems.stage2_config import Stage2Config
-    from vtp_gen.systems.stage2_run import run
+    from vtp_gen.pipeline.stage2.config import Stage2Config
+    from vtp_gen.pipeline.stage2.run import run
 
     kill_at = None
     if argv[:1] == ["--kill-at"]:

@@ -10,9 +10,11 @@ from test_stage2_helpers import LATENT_SHAPE, TINY_RECIPE, make_latent_cache
 
 from vtp_gen import create_model
 from vtp_gen.config import ConfigError, load_config
+from vtp_gen.data.images import load_png, make_grid, save_grid, save_png, to_pixels
 from vtp_gen.interop.generators import save_generator
 from vtp_gen.latents.dataset import LatentStats
-from vtp_gen.systems.sample_run import run as sample_run
+from vtp_gen.pipeline.sample.run import run as sample_run
+from vtp_gen.pipeline.stage2.config import SampleConfig
 from vtp_gen.systems.sampling import (
     LatentDecoder,
     preview_labels,
@@ -21,8 +23,6 @@ from vtp_gen.systems.sampling import (
     sample_noise,
     write_adm_npz,
 )
-from vtp_gen.systems.stage2_config import SampleConfig
-from vtp_gen.utils.images import load_png, make_grid, save_grid, save_png, to_pixels
 
 
 def test_balanced_labels_cover_every_class_per_block_and_do_not_depend_on_the_total():

@@ -11,9 +11,9 @@ from test_stage2_helpers import TINY_RECIPE, make_latent_cache, tiny_overrides
 from vtp_gen.config import ConfigError, load_config
 from vtp_gen.interop.generators import load_generator
 from vtp_gen.latents.manifest import CacheMismatchError
-from vtp_gen.systems.sample_run import run as sample_run
-from vtp_gen.systems.stage2_config import SampleConfig, Stage2Config
-from vtp_gen.systems.stage2_run import run
+from vtp_gen.pipeline.sample.run import run as sample_run
+from vtp_gen.pipeline.stage2.config import SampleConfig, Stage2Config
+from vtp_gen.pipeline.stage2.run import run
 
 
 def logged_losses(folder):
@@ -54,7 +54,7 @@ def test_training_learns_previews_and_exports_a_sampleable_generator(tmp_path, r
         "step00000030.png",
         "step00000040.png",
     ]
-    from vtp_gen.utils.images import load_png
+    from vtp_gen.data.images import load_png
 
     assert load_png(folder / "images" / "samples_step00000040.png").shape == (4 * 66 + 2, 3 * 66 + 2, 3)
     assert list((folder / "logs" / "tensorboard").glob("events.out.tfevents.*"))

@@ -6,7 +6,7 @@ import torch
 
 from vtp_gen import create_model
 from vtp_gen.data.fashion_mnist import FashionMNIST
-from vtp_gen.t2i.config import HELD_OUT_PROMPTS
+from vtp_gen.pipeline.t2i.config import HELD_OUT_PROMPTS
 from vtp_gen.t2i.evaluate import agreement, clip_score, judge_inputs, load_or_train_judge
 
 

@@ -1,10 +1,14 @@
 """The text-conditioned LightningDiT: shapes, caption dependence, masking, presets; class models untouched."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from vtp_gen import create_model, list_models
 from vtp_gen.models.generators import LightningDiT, TextLightningDiT
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny(**overrides):
@@ -97,9 +101,9 @@ def test_bad_settings_are_clear_errors():
 
 
 def test_the_paper_scale_recipe_builds_a_dit_xl_sized_model_on_the_meta_device():
-    from vtp_gen.cli import REPO_ROOT, schema_for_recipe
     from vtp_gen.config import load_config
-    from vtp_gen.t2i.config import T2IConfig
+    from vtp_gen.pipeline.cli import schema_for_recipe
+    from vtp_gen.pipeline.t2i.config import T2IConfig
 
     recipe = REPO_ROOT / "configs" / "stage2" / "t2i_xl_laion.yaml"
     assert schema_for_recipe(recipe) is T2IConfig

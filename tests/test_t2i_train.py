@@ -2,23 +2,25 @@
 from a prompt list, resumes bit-exactly, and caption dropout / guidance act in both directions."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from test_stage2_helpers import make_latent_cache
 
-from vtp_gen.cli import REPO_ROOT
 from vtp_gen.config import load_config
 from vtp_gen.latents.dataset import LatentDataset
-from vtp_gen.systems.stage2_config import Stage2Config
+from vtp_gen.pipeline.stage2.config import Stage2Config
+from vtp_gen.pipeline.t2i.config import T2IConfig, T2ISampleConfig
+from vtp_gen.pipeline.t2i.run import run
+from vtp_gen.pipeline.t2i.sample import run as sample_run
 from vtp_gen.t2i.captions import CAPTIONS_FILE, CacheCaptions, write_captions
-from vtp_gen.t2i.config import T2IConfig, T2ISampleConfig
 from vtp_gen.t2i.guidance import text_guided_velocity
-from vtp_gen.t2i.run import run
-from vtp_gen.t2i.sample_run import run as sample_run
 from vtp_gen.t2i.sampling import load_text_generator
 from vtp_gen.t2i.system import draw_captions
 from vtp_gen.t2i.text_features import TextFeatures
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 T2I_RECIPE = REPO_ROOT / "configs" / "stage2" / "t2i_tiny.yaml"
 CLASSES = ("circle", "square", "stripe", "dot")
@@ -141,8 +143,8 @@ def test_a_prompt_file_end_to_end(trained, tmp_path):
 def _evaluate(out, *extra):
     from vtp_gen import create_model
     from vtp_gen.interop.generators import save_generator
-    from vtp_gen.t2i.config import T2IEvalConfig
-    from vtp_gen.t2i.eval_run import run as eval_run
+    from vtp_gen.pipeline.t2i.config import T2IEvalConfig
+    from vtp_gen.pipeline.t2i.evaluate import run as eval_run
 
     torch.manual_seed(0)
     class_model = create_model("LightningDiT-T/2", input_size=4, in_channels=16, num_classes=10, depth=1)
@@ -220,7 +222,7 @@ def test_guidance_moves_away_from_the_null_prediction_and_the_interval_switches_
 
 
 def test_the_t2i_recipes_validate_and_the_class_recipe_is_unchanged():
-    from vtp_gen.cli import recipe_step, schema_for_recipe
+    from vtp_gen.pipeline.cli import recipe_step, schema_for_recipe
 
     assert schema_for_recipe(T2I_RECIPE) is T2IConfig
     assert recipe_step("stage2", [str(T2I_RECIPE)]) == "t2i"

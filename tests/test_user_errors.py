@@ -1,6 +1,6 @@
 """Every user error the reliability issue lists is one line naming the file or key and the remedy.
 
-Each case is the real command (`vtp_gen.cli.main`) or the real loader on a real
+Each case is the real command (`vtp_gen.pipeline.cli.main`) or the real loader on a real
 bad input: a configured path that does not exist (never a silent fall back to
 the default data), broken YAML in a data recipe, an unknown model name, a
 tokenizer config.json with a wrong-typed field or invalid JSON, a read-only
@@ -15,12 +15,12 @@ import shutil
 import pytest
 import torch
 
-from vtp_gen.cli import main as cli_main
-from vtp_gen.cli import write_fault_message
 from vtp_gen.config import DataConfig
 from vtp_gen.data.build import build_dataset
 from vtp_gen.data.fashion_mnist import find_root
 from vtp_gen.interop.vtp import load_tokenizer
+from vtp_gen.pipeline.cli import main as cli_main
+from vtp_gen.pipeline.cli import write_fault_message
 
 pytestmark = pytest.mark.faults
 

@@ -5,7 +5,7 @@ Both count dataset images per second, and both include the horizontal flip
 
 - ``bare_encoder``: ``get_reconstruction_latents`` on a preprocessed batch that
   is already on the device, nothing else;
-- ``cache_loop``: a whole ``vtp-gen cache`` run (``vtp_gen.latents.run.run``)
+- ``cache_loop``: a whole ``vtp-gen cache`` run (``vtp_gen.pipeline.cache.run.run``)
   into a fresh folder, timed by the shard writer from the first to the last
   batch (loading, ADM centre crop, normalisation, encoding, serialisation,
   hashing, fsync, per-shard statistics); start-up and finalisation are
@@ -101,8 +101,8 @@ class CachingRun:
 
     def __call__(self) -> float:
         from vtp_gen.config import load_config
-        from vtp_gen.latents.config import CacheConfig
-        from vtp_gen.latents.run import run
+        from vtp_gen.pipeline.cache.config import CacheConfig
+        from vtp_gen.pipeline.cache.run import run
 
         s = self.setting
         self.calls += 1

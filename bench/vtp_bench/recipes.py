@@ -1,7 +1,7 @@
 """Real optimiser steps of the GPU recipes, through the training systems and the Trainer that `make` builds.
 
 The MFU cases time the step's own code; these prove the recipe files themselves:
-each GPU recipe is loaded as `make` loads it (``vtp_gen.cli.build_config``), its
+each GPU recipe is loaded as `make` loads it (``vtp_gen.pipeline.cli.build_config``), its
 system is built by the stage's own functions (``stage1_run.build_tokenizer`` +
 ``TokenizerPretraining``, ``stage2_run.build_generator`` / ``build_system``) and
 trained for ``steps`` optimiser steps by ``vtp_gen.systems.trainer.build_trainer``
@@ -130,7 +130,7 @@ def _finite(module: torch.nn.Module) -> bool:
 
 def run_stage1_recipe(cfg, device: torch.device, folder: Path, timer: StepTimer) -> dict:
     from vtp_bench.stage1 import perceptual_network, synthetic_samples
-    from vtp_gen.systems.stage1_run import (
+    from vtp_gen.pipeline.stage1.run import (
         build_pretraining_data,
         build_tokenizer,
         resolve_strategy,
@@ -183,8 +183,8 @@ def write_latent_cache(folder: Path, count: int, shape=(64, 16, 16), num_classes
 
 
 def run_stage2_recipe(cfg, device: torch.device, folder: Path, timer: StepTimer) -> dict:
+    from vtp_gen.pipeline.stage2.run import build_generator, build_system, open_latents
     from vtp_gen.systems.latent_data import LatentDataModule
-    from vtp_gen.systems.stage2_run import build_generator, build_system, open_latents
     from vtp_gen.systems.trainer import build_trainer
 
     latents = open_latents(cfg, Path(cfg.latents.cache_dir))
@@ -206,7 +206,7 @@ def run_stage2_recipe(cfg, device: torch.device, folder: Path, timer: StepTimer)
 
 def run_recipe_case(case: RecipeCase, device: torch.device, tiny: bool, steps: int = 2) -> dict:
     """``steps`` optimiser steps of one recipe; never raises (a failure is the result)."""
-    from vtp_gen.cli import build_config
+    from vtp_gen.pipeline.cli import build_config
 
     started = time.perf_counter()
     result: dict = {"name": f"recipe/{case.name}", "recipe": case.recipe, "passed": False}

@@ -116,7 +116,7 @@ def group_forwards(calls: list[BlockCall]) -> list[TowerForward]:
 
 def record_forwards(step) -> list[TowerForward]:
     """One call of a stage-1 step (anything with ``.system``), recorded as tower forwards."""
-    from vtp_gen.systems.stage1_run import tokenizer_block_types
+    from vtp_gen.pipeline.stage1.run import tokenizer_block_types
 
     return group_forwards(record_block_calls(step, block_lists(step.system, tokenizer_block_types())))
 

@@ -102,7 +102,7 @@ CLASS_NAMES = ("shirt", "sneaker", "bag", "dress", "coat", "sandal", "trouser", 
 
 def load_stage1_config(setting: str, extra: tuple[str, ...] = (), batch_size: int | None = None):
     from vtp_gen.config import load_config
-    from vtp_gen.systems.stage1_config import Stage1Config
+    from vtp_gen.pipeline.stage1.config import Stage1Config
 
     chosen = STAGE1_SETTINGS[setting]
     overrides = [*chosen.overrides, *extra]
@@ -164,7 +164,7 @@ class PretrainingStep:
     """One optimiser step of ``TokenizerPretraining`` on a fixed batch, as the training loop runs it."""
 
     def __init__(self, cfg, settings: Settings, perceptual: nn.Module, batch: dict | None = None) -> None:
-        from vtp_gen.systems.stage1_run import build_pretraining_data, build_tokenizer
+        from vtp_gen.pipeline.stage1.run import build_pretraining_data, build_tokenizer
         from vtp_gen.systems.tokenizer_pretraining import TokenizerPretraining
 
         self.settings = settings
@@ -234,7 +234,7 @@ def transformer_block_types() -> tuple[type, ...]:
     """Ours (the training recipe's regional compile) plus timm's, for the baselines."""
     from timm.models.vision_transformer import Block
 
-    from vtp_gen.systems.stage1_run import tokenizer_block_types
+    from vtp_gen.pipeline.stage1.run import tokenizer_block_types
 
     return (*tokenizer_block_types(), Block)
 
@@ -390,7 +390,7 @@ def stage1_step_group(
             )
         if "all" in objectives and with_collate:
             cfg = load_stage1_config(setting, batch_size=batch_size)
-            from vtp_gen.systems.stage1_run import build_pretraining_data, build_tokenizer
+            from vtp_gen.pipeline.stage1.run import build_pretraining_data, build_tokenizer
 
             with torch.device("meta"):
                 meta_model = build_tokenizer(cfg)
@@ -439,7 +439,7 @@ def towers_group(setting: str) -> Group:
     def build(settings: Settings) -> list[Workload]:
         from timm.models.vision_transformer import Block, VisionTransformer
 
-        from vtp_gen.systems.stage1_run import build_tokenizer
+        from vtp_gen.pipeline.stage1.run import build_tokenizer
 
         device = settings.device
         cfg = load_stage1_config(setting, batch_size=settings.sized(None, 4))
@@ -543,8 +543,8 @@ class DecoderFinetuneStep:
 
     def __init__(self, cfg, settings: Settings, perceptual: nn.Module) -> None:
         from vtp_gen.models.discriminator import PatchDiscriminator
+        from vtp_gen.pipeline.stage1.run import build_tokenizer
         from vtp_gen.systems.decoder_finetune import DecoderFinetune
-        from vtp_gen.systems.stage1_run import build_tokenizer
 
         ft = cfg.decoder_finetune
         self.settings = settings

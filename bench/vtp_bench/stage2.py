@@ -102,7 +102,7 @@ GENERATOR_SETTINGS = {
 def stage2_config(setting: GeneratorSetting):
     """The tiny recipe's objective, optimiser and EMA (the paper's values except lr / EMA length)."""
     from vtp_gen.config import load_config
-    from vtp_gen.systems.stage2_config import Stage2Config
+    from vtp_gen.pipeline.stage2.config import Stage2Config
 
     return load_config(Stage2Config, [TINY_RECIPE], [f"model.name={setting.model}"])
 
@@ -140,7 +140,7 @@ class FlowMatchingStep:
         model: nn.Module | None = None,
         fused_adamw: bool | None = None,
     ) -> None:
-        from vtp_gen.systems.stage2_run import build_system
+        from vtp_gen.pipeline.stage2.run import build_system
 
         cfg = stage2_config(setting)
         if fused_adamw is not None:

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from vtp_gen.data.decode import Skipped
 from vtp_gen.data.transforms import center_crop_arr
-from vtp_gen.utils.run_dir import write_json_atomic
+from vtp_gen.utils.atomic import write_json_atomic
 
 
 def write_shards(dataset, out_dir: str | Path, shard_size: int = 10_000, image_size: int = 0) -> list[Path]:

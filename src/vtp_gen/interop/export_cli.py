@@ -170,8 +170,8 @@ def write_grid(
 
     ``guidance_scale`` None = the pipeline's default (the recipe's).
     """
+    from vtp_gen.data.images import save_grid
     from vtp_gen.interop.diffusers import VTPPipeline
-    from vtp_gen.utils.images import save_grid
 
     pipe = VTPPipeline.from_pretrained(str(folder))
     num_classes = pipe.transformer.config.num_classes

@@ -25,8 +25,7 @@ from vtp_gen.latents.manifest import (
 )
 from vtp_gen.latents.stats import ChannelMoments
 from vtp_gen.latents.writer import ShardLayout, completed_shards
-from vtp_gen.utils.atomic import atomic_output
-from vtp_gen.utils.run_dir import write_json_atomic
+from vtp_gen.utils.atomic import atomic_output, write_json_atomic
 
 
 def save_stats(folder: Path, mean: torch.Tensor, std: torch.Tensor) -> Path:

@@ -256,7 +256,7 @@ class ShardStamps:
     def save(self) -> None:
         if not self.changed:
             return
-        from vtp_gen.utils.run_dir import write_json_atomic  # no import cycle at module load
+        from vtp_gen.utils.atomic import write_json_atomic
 
         try:
             write_json_atomic(self.folder / VERIFIED_FILE, {"shards": self.shards})

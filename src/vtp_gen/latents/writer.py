@@ -38,8 +38,7 @@ from vtp_gen.latents.manifest import (
     shard_record_path,
 )
 from vtp_gen.latents.stats import ChannelMoments
-from vtp_gen.utils.atomic import is_temporary_name, write_bytes_atomic
-from vtp_gen.utils.run_dir import write_json_atomic
+from vtp_gen.utils.atomic import is_temporary_name, write_bytes_atomic, write_json_atomic
 
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 

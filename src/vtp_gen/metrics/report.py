@@ -23,8 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vtp_gen.utils.atomic import write_text_atomic
-from vtp_gen.utils.run_dir import write_json_atomic
+from vtp_gen.utils.atomic import write_json_atomic, write_text_atomic
 
 METRICS_FORMAT = 1
 # Feature networks named in protocols (vtp_gen.metrics.generation.INCEPTION_EXTRACTOR is the same string).

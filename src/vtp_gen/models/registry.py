@@ -6,7 +6,10 @@
     model = create_model("vtp-tiny", decoder_depth=2)
 
 Factories are plain functions returning an ``nn.Module``; keyword overrides
-are passed through so a preset is a starting point, not a cage.
+are passed through so a preset is a starting point, not a cage. The registry
+imports no model: ``vtp_gen.models`` imports the model packages, whose presets
+register themselves, so any import of this module (which loads its parent
+package first) sees every name.
 """
 
 from __future__ import annotations
@@ -36,18 +39,11 @@ def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[.
     return decorator
 
 
-def _import_all_model_modules() -> None:
-    # Importing the modules runs their @register_model decorators.
-    from vtp_gen.models import generators, tokenizer  # noqa: F401
-
-
 def list_models(prefix: str = "") -> list[str]:
-    _import_all_model_modules()
     return sorted(n for n in _REGISTRY if n.startswith(prefix))
 
 
 def get_factory(name: str) -> Callable[..., nn.Module]:
-    _import_all_model_modules()
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.4)
         hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""

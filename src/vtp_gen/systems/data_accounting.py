@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from vtp_gen.data.accounting import DataAccount
+from vtp_gen.utils.log import step_logger
+
+log = step_logger("stage1")
 
 
 class AccountsForData:
@@ -48,4 +51,4 @@ class AccountsForData:
         total = self.data_account.total()
         self.data_totals = total.as_dict()
         if self.trainer.is_global_zero:
-            print(f"stage1 {self.data_phase} data: {total.summary()}")
+            log.info(f"{self.data_phase} data: {total.summary()}")

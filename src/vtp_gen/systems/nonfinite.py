@@ -43,6 +43,10 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from vtp_gen.utils.atomic import atomic_output
+from vtp_gen.utils.log import step_logger
+
+nonfinite_log = step_logger("non-finite")
+divergence_log = step_logger("divergence")
 
 SKIPPED_ATTRIBUTE = "_nonfinite_step_skipped"
 LOSS_ATTRIBUTE = "_guard_watched_loss"
@@ -139,10 +143,9 @@ class NonFiniteGuard(Callback):
                 parameter.grad = None
             self.consecutive += 1
             self.skipped_total += 1
-            print(
-                f"[non-finite] step {step}: NaN/Inf gradients, step skipped "
-                f"({self.consecutive} in a row, {self.skipped_total} in this run)",
-                flush=True,
+            nonfinite_log.warning(
+                f"step {step}: NaN/Inf gradients, step skipped "
+                f"({self.consecutive} in a row, {self.skipped_total} in this run)"
             )
         if self.consecutive >= self.max_consecutive or self.out_of_range >= self.max_consecutive:
             self._stop(trainer, step)
@@ -152,7 +155,7 @@ class NonFiniteGuard(Callback):
         if self.excursion_start is not None:
             self.in_range += 1
             if self.in_range >= RECOVERY_STEPS:
-                print("[divergence] the loss is back in range: checkpoints resume", flush=True)
+                divergence_log.warning("the loss is back in range: checkpoints resume")
                 self.excursion_start = None
             return
         if loss is not None and loss > 0:
@@ -169,10 +172,9 @@ class NonFiniteGuard(Callback):
         if self.excursion_start is None:
             self.excursion_start, self.excursion_loss = step, loss
             if math.isfinite(loss):
-                print(
-                    f"[divergence] step {step}: loss {loss:.4g} left its normal range (typical "
-                    f"{self.typical_loss:.4g}); checkpoints are held back until it returns",
-                    flush=True,
+                divergence_log.warning(
+                    f"step {step}: loss {loss:.4g} left its normal range (typical "
+                    f"{self.typical_loss:.4g}); checkpoints are held back until it returns"
                 )
 
     @property

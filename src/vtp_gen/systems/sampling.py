@@ -35,13 +35,16 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader, Dataset
 
+from vtp_gen.data.images import load_png, save_grid, save_png
 from vtp_gen.data.transforms import to_uint8
 from vtp_gen.latents.dataset import LatentStats
 from vtp_gen.systems.latent_data import derive_seed
 from vtp_gen.transport import sample as transport_sample
 from vtp_gen.utils.atomic import atomic_output
-from vtp_gen.utils.images import load_png, save_grid, save_png
+from vtp_gen.utils.log import step_logger
 from vtp_gen.utils.stop_signals import StopRequested, requested
+
+preview_log = step_logger("preview")
 
 LABEL_MODES = ("uniform", "balanced")
 PNG_NAME = "{:06d}.png"
@@ -197,16 +200,15 @@ class SampleGridCallback(L.Callback):
                 raise StopRequested(requested())
 
         if trainer.is_global_zero:
-            print(
-                f"[preview] grid of step {trainer.global_step}: {len(self.labels)} samples, "
-                f"{self.sampling['steps']} sampler points",
-                flush=True,
+            preview_log.info(
+                f"grid of step {trainer.global_step}: {len(self.labels)} samples, "
+                f"{self.sampling['steps']} sampler points"
             )
         hook = pl_module.ema.module.register_forward_pre_hook(stop_if_requested)
         try:
             self.write(trainer, pl_module)
         except StopRequested:
-            print(f"[preview] grid of step {trainer.global_step} abandoned: stop requested", flush=True)
+            preview_log.warning(f"grid of step {trainer.global_step} abandoned: stop requested")
         finally:
             hook.remove()
 

@@ -70,7 +70,7 @@ class TokenizerPretraining(ClipsGradients, AccountsForData, L.LightningModule):
     """Stage-1 pre-training of ``model`` (a :class:`VTPModel`).
 
     ``objectives``, ``ssl`` and ``optim`` are the sections of
-    :class:`~vtp_gen.systems.stage1_config.Stage1Config` (dataclasses or
+    :class:`~vtp_gen.pipeline.stage1.config.Stage1Config` (dataclasses or
     OmegaConf nodes). ``total_steps`` sets the length of the cosine schedules.
     ``dino_head`` and ``perceptual`` (the LPIPS network) may be injected;
     otherwise they are built from the config.

@@ -31,7 +31,7 @@ import torch
 from safetensors import safe_open
 
 from vtp_gen.latents.manifest import read_manifest
-from vtp_gen.utils.run_dir import write_json_atomic
+from vtp_gen.utils.atomic import write_json_atomic
 
 CAPTIONS_FILE = "captions.json"
 FORMAT = "vtp_gen.captions"

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import torch
 
-from vtp_gen.models.generators.guidance import combine_guidance
+from vtp_gen.guidance import combine_guidance
 from vtp_gen.t2i.text_features import TextFeatures
 from vtp_gen.transport.samplers import integrate
 

@@ -12,12 +12,12 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from safetensors.torch import load_file
 
+from vtp_gen.data.images import make_grid, save_png, to_pixels
 from vtp_gen.models.generators.text_dit import TextLightningDiT
 from vtp_gen.systems.latent_data import derive_seed
 from vtp_gen.systems.sampling import LatentDecoder, sample_noise
 from vtp_gen.t2i.guidance import sample_text
 from vtp_gen.t2i.text_features import CaptionEncoder
-from vtp_gen.utils.images import make_grid, save_png, to_pixels
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 SAMPLING_KEYS = ("method", "steps", "shift", "cfg_scale", "cfg_interval_start", "guidance_mode")

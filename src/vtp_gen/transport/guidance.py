@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import torch
 
-from vtp_gen.models.generators.guidance import combine_guidance
+from vtp_gen.guidance import combine_guidance
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -24,7 +24,7 @@ def guided_velocity(
     Guidance (``cfg_scale != 1``) evaluates the model on the batch doubled with
     the null class (``null_class``, default ``model.num_classes``) and mixes the
     two predictions (``guidance_mode``: ``"all_channels"`` or ``"reference"``, see
-    ``vtp_gen.models.generators.guidance``), only where t >= cfg_interval_start;
+    ``vtp_gen.guidance``), only where t >= cfg_interval_start;
     elsewhere the conditional prediction is used and the null-class pass is
     skipped when no sample needs it. Output channels beyond the input's (DiT's
     learned variances) are dropped.

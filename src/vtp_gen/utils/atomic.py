@@ -15,6 +15,7 @@ which nothing reads.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import resource
@@ -93,3 +94,8 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     with atomic_output(path) as tmp:
         tmp.write_text(text)
     return Path(path)
+
+
+def write_json_atomic(path: str | Path, payload: dict) -> Path:
+    """``payload`` as indented, key-sorted JSON, written atomically (a reader never sees half a file)."""
+    return write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")

@@ -35,9 +35,9 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
 from vtp_gen.data.transforms import denormalize
+from vtp_gen.guidance import GUIDANCE_MODES
 from vtp_gen.interop.diffusers.autoencoder import AutoencoderVTP
 from vtp_gen.interop.diffusers.transformer import LightningDiTTransformer2DModel
-from vtp_gen.models.generators.guidance import GUIDANCE_MODES
 from vtp_gen.transport import guided_velocity
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")

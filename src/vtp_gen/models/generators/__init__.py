@@ -1,7 +1,7 @@
 """Stage-2 generators: the DiT / SiT / LightningDiT family (one class, registry presets)."""
 
+from vtp_gen.guidance import GUIDANCE_MODES, combine_guidance
 from vtp_gen.models.generators import presets, text_dit  # noqa: F401  (registers the model names)
-from vtp_gen.models.generators.guidance import GUIDANCE_MODES, combine_guidance
 from vtp_gen.models.generators.lightningdit import FinalLayer, LightningDiT, LightningDiTBlock
 from vtp_gen.models.generators.text_dit import TextLightningDiT
 

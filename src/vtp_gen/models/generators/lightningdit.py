@@ -20,7 +20,7 @@ import torch.nn as nn
 from timm.layers import Mlp, PatchEmbed
 from torch.utils.checkpoint import checkpoint
 
-from vtp_gen.models.generators.guidance import combine_guidance, guided_channel_count
+from vtp_gen.guidance import combine_guidance, guided_channel_count
 from vtp_gen.models.generators.layers import (
     Attention,
     AxialRotaryEmbedding,

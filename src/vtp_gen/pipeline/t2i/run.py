@@ -25,10 +25,8 @@ from vtp_gen.config import ConfigError
 from vtp_gen.latents.dataset import LatentDataset
 from vtp_gen.latents.manifest import STATS_FILE
 from vtp_gen.models.registry import create_model
-from vtp_gen.systems.flow_matching import AdamWSettings
-from vtp_gen.systems.latent_data import latent_shape
-from vtp_gen.systems.sampling import LatentDecoder
-from vtp_gen.systems.stage2_run import (
+from vtp_gen.pipeline.run_dir import prepare_run_dir
+from vtp_gen.pipeline.stage2.run import (
     RUN_INFO_FILE,
     SUMMARY_FILE,
     SpeedMeter,
@@ -38,15 +36,18 @@ from vtp_gen.systems.stage2_run import (
     open_latents,
     tokenizer_folder,
 )
+from vtp_gen.pipeline.t2i.config import HELD_OUT_PROMPTS
+from vtp_gen.systems.flow_matching import AdamWSettings
+from vtp_gen.systems.latent_data import latent_shape
+from vtp_gen.systems.sampling import LatentDecoder
 from vtp_gen.systems.trainer import build_trainer, find_resume_checkpoint, keep_csv_history
 from vtp_gen.t2i.captions import CAPTIONS_FILE, CacheCaptions, dataset_captions, write_captions
-from vtp_gen.t2i.config import HELD_OUT_PROMPTS
 from vtp_gen.t2i.data import CaptionedLatentDataModule
 from vtp_gen.t2i.sampling import PromptGridCallback, sampling_settings
 from vtp_gen.t2i.system import CaptionFeatureBank, TextFlowMatching
 from vtp_gen.t2i.text_features import CaptionEncoder
 from vtp_gen.transport import Transport
-from vtp_gen.utils.run_dir import prepare_run_dir, write_json_atomic
+from vtp_gen.utils.atomic import write_json_atomic
 
 RUN_STEP = "t2i"
 GENERATOR_DIR = "generator"

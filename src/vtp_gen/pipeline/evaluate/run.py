@@ -12,7 +12,7 @@ Parts, each skipped with a note when the run lacks what it needs:
 * generation (a generator or a folder of samples): FID-N, KID, precision /
   recall (k = 3) and Inception Score on Inception pool3 features, against the
   evaluation split (or an ADM reference batch); missing samples are made with
-  the sampling library (``vtp_gen.systems.sample_run``), never a subprocess;
+  the sampling library (``vtp_gen.pipeline.sample.run``), never a subprocess;
 * reconstruction (a tokenizer with a decoder): rFID-N, PSNR, SSIM, LPIPS;
 * linear probes (a tokenizer): (a) bottleneck latents, (b) DINOv2-style sweep;
 * zero-shot (a tokenizer with a text tower): top-1 / top-5.
@@ -53,17 +53,16 @@ from vtp_gen.metrics.report import (
     write_report,
     zero_shot_method,
 )
-from vtp_gen.utils.run_dir import run_root
+from vtp_gen.pipeline.run_dir import run_root
+from vtp_gen.utils.log import step_logger
 from vtp_gen.utils.step_guard import guarded_step
+
+log = step_logger("eval")
 
 SUBSET_SEED = 0
 SHORT_IS_REASON = (
     "the Inception weights have no classifier layer (pool3-only conversion); see docs/eval.md to enable IS"
 )
-
-
-def _say(message: str) -> None:
-    print(f"[eval] {message}", flush=True)
 
 
 # ----------------------------------------------------------------------------- context
@@ -236,7 +235,7 @@ def evaluation_reference(ctx: EvalContext, need_features: bool):
     slug = f"{ctx.dataset_name}-{ctx.cfg.data.split}-{size}px-{len(indices)}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
     cache = cache_dir() / "fid_references" / f"{slug}.npz" if ctx.cfg.cache_reference else None
     if cache is not None and cache.is_file():
-        _say(f"reference features: cached {cache}")
+        log.info(f"reference features: cached {cache}")
 
     def reference_images():
         loader = labelled_loader(ctx, ctx.cfg.data.split, CenterCropNormalize(size), gen.num_reference)
@@ -259,7 +258,7 @@ def evaluation_reference(ctx: EvalContext, need_features: bool):
 
 def resolved_sampling(cfg: DictConfig, generator: Path | None) -> dict:
     """The sampler: config values, else the one recorded with the generator, else the SamplingConfig defaults."""
-    from vtp_gen.systems.stage2_config import SamplingConfig
+    from vtp_gen.pipeline.stage2.config import SamplingConfig
 
     values = OmegaConf.to_container(OmegaConf.structured(SamplingConfig))
     recorded = _generator_record(generator).get("sampling", {})
@@ -282,8 +281,8 @@ def _made_by(samples: Path, generator: Path | None) -> bool:
     recorded = _samples_record(samples).get("identity", {}).get("generator_sha256")
     if generator is None or not recorded:
         return False
+    from vtp_gen.pipeline.sample.run import load_any_generator
     from vtp_gen.systems.flow_matching import tensor_digest
-    from vtp_gen.systems.sample_run import load_any_generator
 
     return tensor_digest(load_any_generator(generator).state_dict()) == recorded
 
@@ -322,8 +321,8 @@ def ensure_samples(ctx: EvalContext, generator: Path, sampling: dict) -> Path:
     a folder made with other weights or settings is cleared and made again (``overwrite``), since
     these samples belong to this evaluation only.
     """
-    from vtp_gen.systems import sample_run
-    from vtp_gen.systems.stage2_config import SampleConfig
+    from vtp_gen.pipeline.sample import run as sample_run
+    from vtp_gen.pipeline.stage2.config import SampleConfig
 
     gen = ctx.cfg.generation
     tag = (
@@ -363,7 +362,7 @@ def evaluate_generation_part(ctx: EvalContext) -> None:
         ctx.notes.append(
             "generation: skipped (no generator in runs/<name>/stage2/generator and no samples given)"
         )
-        _say(ctx.notes[-1])
+        log.info(ctx.notes[-1])
         return
     if samples is None:
         sampling, labels = resolved_sampling(ctx.cfg, generator), gen.labels
@@ -459,8 +458,8 @@ def _image_side(samples: Path) -> int:
 
 
 def _sample_grid(ctx: EvalContext, samples: Path) -> None:
+    from vtp_gen.data.images import save_grid
     from vtp_gen.metrics.images import iter_image_batches
-    from vtp_gen.utils.images import save_grid
 
     n = ctx.cfg.generation.grid_images
     if n <= 0:
@@ -542,7 +541,7 @@ def evaluate_reconstruction_part(ctx: EvalContext) -> None:
     if "lpips" in result:
         ctx.records.append(MetricRecord("lpips", result["lpips"], protocol, extra={"network": "vgg, v0.1"}))
     if grid is not None:
-        from vtp_gen.utils.images import save_grid
+        from vtp_gen.data.images import save_grid
 
         upscale = max(1, 64 // grid.shape[-1])
         if upscale > 1:
@@ -688,7 +687,7 @@ def evaluate_zero_shot_part(ctx: EvalContext) -> None:
     zs, tokenizer = ctx.cfg.zero_shot, ctx.tokenizer
     if tokenizer.text is None:
         ctx.notes.append("zero-shot: skipped (the tokenizer has no text tower, e.g. an AE-only run)")
-        _say(ctx.notes[-1])
+        log.info(ctx.notes[-1])
         return
     classes = zs.classes or ("fashion_mnist" if ctx.cfg.data.source == "fashion_mnist" else "imagenet")
     class_names, templates = zero_shot_setup(classes)
@@ -756,7 +755,7 @@ def _timed(ctx: EvalContext, name: str, part) -> None:
     ctx.seconds[name] = time.time() - started
     # CPU time too: on a shared machine it tells what the part costs on an idle one.
     ctx.seconds[f"{name}_cpu"] = time.process_time() - cpu
-    _say(f"{name}: {ctx.seconds[name]:.0f} s ({ctx.seconds[name + '_cpu']:.0f} s CPU)")
+    log.info(f"{name}: {ctx.seconds[name]:.0f} s ({ctx.seconds[name + '_cpu']:.0f} s CPU)")
 
 
 @guarded_step(
@@ -779,8 +778,10 @@ def run(cfg: DictConfig) -> dict:
         ctx.tokenizer = load_tokenizer(tokenizer_path, device=ctx.device)
     else:
         ctx.notes.append("tokenizer metrics: skipped (no tokenizer in runs/<name>/stage1/tokenizer)")
-        _say(ctx.notes[-1])
-    _say(f"evaluating run '{cfg.run.name}' on {ctx.dataset_name} {cfg.data.split} ({ctx.device}) -> {folder}")
+        log.info(ctx.notes[-1])
+    log.info(
+        f"evaluating run '{cfg.run.name}' on {ctx.dataset_name} {cfg.data.split} ({ctx.device}) -> {folder}"
+    )
     with torch.no_grad():
         if cfg.generation.enabled:
             _timed(ctx, "generation", evaluate_generation_part)
@@ -804,7 +805,7 @@ def run(cfg: DictConfig) -> dict:
     report = write_report(
         folder, ctx.records, run_info, ctx.images, f"Evaluation: run {cfg.run.name}", ctx.notes
     )
-    _say(f"done in {ctx.seconds['total']:.0f} s; {report} and {folder / 'metrics.json'}:")
+    log.info(f"done in {ctx.seconds['total']:.0f} s; {report} and {folder / 'metrics.json'}:")
     print(console_table(ctx.records), flush=True)
     return {
         "records": ctx.records,

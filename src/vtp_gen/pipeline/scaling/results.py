@@ -161,7 +161,7 @@ def _cell(value, digits: int = 2) -> str:
 def summary_markdown(rows: list[dict], images: list[Path], root: Path) -> str:
     """The rows as a Markdown table, the gFID trend of each preset over its budgets, and the
     correlations the paper's claim is about (probe vs gFID, rFID vs gFID)."""
-    from vtp_gen.scaling.plots import pearson
+    from vtp_gen.pipeline.scaling.plots import pearson
 
     gfid_label = next((r["gfid_label"] for r in rows if r.get("gfid_label")), "gFID")
     rfid_label = next((r["rfid_label"] for r in rows if r.get("rfid_label")), "rFID")

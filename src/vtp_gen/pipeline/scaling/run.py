@@ -30,30 +30,20 @@ import torch
 from omegaconf import DictConfig
 
 from vtp_gen.config import ConfigError, to_dict
-from vtp_gen.scaling.flops import StepFlops, batches_per_step, pretraining_step_flops, resolve_device
-from vtp_gen.scaling.plots import plot_all
-from vtp_gen.scaling.results import build_row, summary_markdown, write_csv
-from vtp_gen.utils.run_dir import run_root, write_json_atomic
+from vtp_gen.pipeline.cli import build_config
+from vtp_gen.pipeline.run_dir import run_root
+from vtp_gen.pipeline.scaling.flops import StepFlops, batches_per_step, pretraining_step_flops, resolve_device
+from vtp_gen.pipeline.scaling.plots import plot_all
+from vtp_gen.pipeline.scaling.results import build_row, summary_markdown, write_csv
+from vtp_gen.utils.atomic import write_json_atomic
+from vtp_gen.utils.log import step_logger
+
+log = step_logger("scaling")
 
 POINT_FILE = "point.json"
 CSV_FILE = "scaling.csv"
 SUMMARY_FILE = "summary.md"
 STEP_ORDER = ("stage1", "cache", "stage2", "eval")
-
-
-def _say(message: str) -> None:
-    print(f"[scaling] {message}", flush=True)
-
-
-def resolve_recipe(path: str) -> str:
-    """A recipe path as given when it exists from here, else from the repository root."""
-    from vtp_gen.cli import REPO_ROOT
-
-    if Path(path).is_file():
-        return path
-    if not Path(path).is_absolute() and (REPO_ROOT / path).is_file():
-        return str(REPO_ROOT / path)
-    raise ConfigError(f"recipe not found: {path} (looked in {Path.cwd()} and {REPO_ROOT})")
 
 
 @dataclass(frozen=True)
@@ -77,12 +67,7 @@ class StepCall:
     overrides: tuple[str, ...]
 
     def build(self) -> DictConfig:
-        from vtp_gen.cli import build_config
-
-        recipes = [resolve_recipe(r) for r in self.recipes]
-        return build_config(
-            self.step, recipes, resolve_recipe(self.data) if self.data else None, list(self.overrides)
-        )
+        return build_config(self.step, list(self.recipes), self.data, list(self.overrides))
 
     def command(self) -> str:
         parts = ["vtp-gen", self.step]
@@ -203,7 +188,7 @@ class FlopsCache:
             with torch.random.fork_rng(devices=[]):
                 self.counted[preset] = pretraining_step_flops(stage1_cfg, self.device)
             flops = self.counted[preset]
-            _say(
+            log.info(
                 f"{preset}: {flops.per_step / 1e9:.3f} GFLOPs per stage-1 step (B={flops.batch_size}, "
                 f"{flops.trainable_parameters / 1e6:.2f}M trainable; counted in {time.time() - started:.1f} s)"
             )
@@ -216,7 +201,9 @@ def record_point(
     stage1 = configs["stage1"]
     batches = batches_per_step(stage1)
     if str(stage1.trainer.devices) == "auto":
-        _say(f"{point.name}: trainer.devices=auto counts as 1 device in the FLOPs; set it to the real number")
+        log.info(
+            f"{point.name}: trainer.devices=auto counts as 1 device in the FLOPs; set it to the real number"
+        )
     row = build_row(
         point_dir,
         point.preset,
@@ -238,10 +225,10 @@ def record_point(
 
 def run_steps(configs: dict[str, DictConfig]) -> dict:
     """The point's steps in order, in this process; wall seconds per step."""
-    from vtp_gen.latents.run import run as run_cache
-    from vtp_gen.metrics.eval_run import run as run_eval
-    from vtp_gen.systems.stage1_run import run as run_stage1
-    from vtp_gen.systems.stage2_run import run as run_stage2
+    from vtp_gen.pipeline.cache.run import run as run_cache
+    from vtp_gen.pipeline.evaluate.run import run as run_eval
+    from vtp_gen.pipeline.stage1.run import run as run_stage1
+    from vtp_gen.pipeline.stage2.run import run as run_stage2
 
     runners = {"stage1": run_stage1, "cache": run_cache, "stage2": run_stage2, "eval": run_eval}
     seconds = {}
@@ -297,7 +284,7 @@ def run(cfg: DictConfig) -> list[dict]:
     started = time.time()
     fresh_seconds: list[float] = []
     mode = "running" if cfg.execute else "planning (execute=false)"
-    _say(
+    log.info(
         f"{mode} {len(selected)} of {len(points)} points in {root}: presets "
         f"{[Path(p).stem for p in cfg.presets]} x stage-1 steps {sorted(set(cfg.steps))}"
     )
@@ -309,7 +296,7 @@ def run(cfg: DictConfig) -> list[dict]:
         tag = f"{index}/{len(points)} {point.name}"
         if record is not None:
             rows[point.name] = record["row"]
-            _say(f"{tag}: done earlier ({point_line(record['row'])}), skipped")
+            log.info(f"{tag}: done earlier ({point_line(record['row'])}), skipped")
             continue
         if point not in selected:
             continue
@@ -317,11 +304,11 @@ def run(cfg: DictConfig) -> list[dict]:
             if (point_dir / "eval" / "metrics.json").is_file():
                 record = record_point(point, point_dir, configs, flops(point.preset, configs["stage1"]), {})
                 rows[point.name] = record["row"]
-                _say(f"{tag}: collected ({point_line(record['row'])})")
+                log.info(f"{tag}: collected ({point_line(record['row'])})")
             else:
-                _say(f"{tag}: to run, step by step:\n" + "\n".join(f"    {c.command()}" for c in calls))
+                log.info(f"{tag}: to run, step by step:\n" + "\n".join(f"    {c.command()}" for c in calls))
             continue
-        _say(f"{tag}: {point.steps} stage-1 steps of {Path(point.recipe).name}, then stage 2 and eval")
+        log.info(f"{tag}: {point.steps} stage-1 steps of {Path(point.recipe).name}, then stage 2 and eval")
         step_flops = flops(point.preset, configs["stage1"])
         seconds = run_steps(configs)
         record = record_point(point, point_dir, configs, step_flops, seconds)
@@ -337,16 +324,16 @@ def run(cfg: DictConfig) -> list[dict]:
             else ""
         )
         steps_text = ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items() if k != "total")
-        _say(
+        log.info(
             f"{tag}: done in {_minutes(seconds['total'])} ({steps_text}); {point_line(record['row'])}; "
             f"{_minutes(time.time() - started)} elapsed{eta}"
         )
     ordered = [rows[p.name] for p in points if p.name in rows]
     outputs = write_outputs(root, ordered)
     if outputs:
-        _say(f"{len(ordered)} of {len(points)} points in {outputs[0]}; figures and summary beside it:")
+        log.info(f"{len(ordered)} of {len(points)} points in {outputs[0]}; figures and summary beside it:")
         for path in outputs[1:]:
-            _say(f"    {path}")
+            log.info(f"    {path}")
     else:
-        _say("no finished point yet: nothing to tabulate")
+        log.info("no finished point yet: nothing to tabulate")
     return ordered

@@ -38,6 +38,7 @@ from vtp_gen.config import ConfigError
 from vtp_gen.latents.dataset import LatentDataset
 from vtp_gen.latents.manifest import PROGRESS_DIR, SHARD_PATTERN, STATS_FILE, is_complete, read_manifest
 from vtp_gen.models.registry import UnknownModelError, get_factory
+from vtp_gen.pipeline.run_dir import prepare_run_dir, run_root
 from vtp_gen.systems.flow_matching import AdamWSettings, LatentFlowMatching
 from vtp_gen.systems.latent_data import LatentDataModule, cache_labels, count_classes, latent_shape
 from vtp_gen.systems.resume import FixedSettings, state_dict_mismatch
@@ -45,9 +46,12 @@ from vtp_gen.systems.sampling import LatentDecoder, SampleGridCallback, preview_
 from vtp_gen.systems.stop_on_signal import StopOnSignal
 from vtp_gen.systems.trainer import build_trainer, find_resume_checkpoint, keep_csv_history
 from vtp_gen.transport import Transport
-from vtp_gen.utils.run_dir import prepare_run_dir, run_root, write_json_atomic
+from vtp_gen.utils.atomic import write_json_atomic
+from vtp_gen.utils.log import step_logger
 from vtp_gen.utils.step_guard import guarded_step
 from vtp_gen.utils.stop_signals import StopRequested, raise_if_requested, signal_name
+
+log = step_logger("stage2")
 
 GENERATOR_DIR = "generator"
 RUN_INFO_FILE = "stage2.json"
@@ -67,11 +71,6 @@ def cache_folder(cfg: DictConfig) -> Path:
 
 def tokenizer_folder(cfg: DictConfig) -> Path:
     return Path(cfg.latents.tokenizer) if cfg.latents.tokenizer else run_root(cfg) / "stage1" / "tokenizer"
-
-
-def _say(message: str) -> None:
-    if int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0:
-        print(f"[stage2] {message}", flush=True)
 
 
 def _launched_with_many_processes() -> bool:
@@ -103,8 +102,8 @@ def ensure_latent_cache(cfg: DictConfig) -> Path:
             f"no complete latent cache in {folder}, and this is a multi-process launch: make the cache first "
             "with `make cache` (every GPU encodes its own shards), then start stage 2"
         )
-    from vtp_gen.latents.config import CacheConfig
-    from vtp_gen.latents.run import run as run_cache
+    from vtp_gen.pipeline.cache.config import CacheConfig
+    from vtp_gen.pipeline.cache.run import run as run_cache
 
     cache_cfg = OmegaConf.structured(CacheConfig)
     cache_cfg.run = cfg.run
@@ -116,7 +115,7 @@ def ensure_latent_cache(cfg: DictConfig) -> Path:
     cache_cfg.accelerator = cfg.trainer.accelerator
     cache_cfg.devices = 1
     cache_cfg.progress_bar = cfg.trainer.progress_bar
-    _say(f"no latent cache in {folder}: caching {cfg.data.source} ({cfg.data.split}) first")
+    log.info(f"no latent cache in {folder}: caching {cfg.data.source} ({cfg.data.split}) first")
     run_cache(cache_cfg)
     return folder
 
@@ -234,7 +233,7 @@ def preview_callback(cfg: DictConfig, folder: Path, latents: LatentDataset, num_
     rows, per_class, sampling.steps = preview_size(cfg)
     wanted = (cfg.preview.rows, cfg.preview.per_class, cfg.preview.steps or cfg.sampling.steps)
     if (rows, per_class, sampling.steps) != wanted:
-        _say(
+        log.info(
             f"preview grids on a CPU: {rows}x{per_class} samples, {sampling.steps} sampler points instead of "
             f"{wanted[0]}x{wanted[1]}, {wanted[2]} (preview.cpu_rows / cpu_per_class / cpu_steps=null lift this)"
         )
@@ -359,7 +358,7 @@ def run(cfg: DictConfig, callbacks: list | None = None) -> Stage2Result:
     system = build_system(cfg, model)
     channels, size, _ = latent_shape(latents)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    _say(
+    log.info(
         f"{cfg.model.name}: {n_params / 1e6:.2f}M parameters on {channels}x{size}x{size} latents, "
         f"{model.num_classes} classes; {len(latents)} latents in {cache}"
     )
@@ -374,7 +373,7 @@ def run(cfg: DictConfig, callbacks: list | None = None) -> Stage2Result:
     # A checkpoint of another model (say last.ckpt copied from another run) is passed over, not loaded.
     resume = find_resume_checkpoint(folder / "checkpoints", state_dict_mismatch(system.state_dict()))
     if resume is not None:
-        _say(f"resuming from {resume}")
+        log.info(f"resuming from {resume}")
         keep_csv_history(folder / "logs")  # before the CSV logger exists: it deletes metrics.csv
     trainer = build_trainer(
         cfg.trainer,
@@ -418,11 +417,11 @@ def run(cfg: DictConfig, callbacks: list | None = None) -> Stage2Result:
         f"{stopped}, generator (EMA weights) exported to {generator}; rerun the same command to resume"
     )
     rate = f", {summary['steps_per_sec']:.2f} steps/s" if summary["steps_per_sec"] else ""
-    _say(f"trained to step {trainer.global_step}{rate}: checkpoint and generator saved")
+    log.info(f"trained to step {trainer.global_step}{rate}: checkpoint and generator saved")
     if preview is not None:
         summary["previews"] = write_last_preview(preview, trainer, system, generator)
         write_json_atomic(folder / SUMMARY_FILE, summary)
-    _say(f"done at step {trainer.global_step}; generator -> {generator}")
+    log.info(f"done at step {trainer.global_step}; generator -> {generator}")
     sys.stdout.flush()
     return Stage2Result(folder, generator, summary)
 
@@ -431,7 +430,7 @@ def write_last_preview(preview: SampleGridCallback, trainer, system, generator: 
     """The end-of-run grid: optional work, done after everything a rerun or `make sample` needs is saved."""
     if preview.last_step != trainer.global_step:
         rows, per_class = len(preview.labels) // preview.nrow, preview.nrow
-        _say(
+        log.info(
             f"end-of-run preview: {rows}x{per_class} samples, {preview.sampling['steps']} sampler points "
             "(preview.enabled=false skips it; a stop signal now loses nothing)"
         )

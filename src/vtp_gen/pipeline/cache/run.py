@@ -18,7 +18,6 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.accelerators import CPUAccelerator
 from omegaconf import DictConfig
 
@@ -46,9 +45,13 @@ from vtp_gen.latents.manifest import (
 )
 from vtp_gen.latents.stats import stats_subset_mask
 from vtp_gen.latents.writer import ShardLayout, ShardWriter, completed_shards
+from vtp_gen.pipeline.run_dir import run_root
 from vtp_gen.systems.trainer import build_predict_trainer
-from vtp_gen.utils.run_dir import run_root, write_json_atomic
+from vtp_gen.utils.atomic import write_json_atomic
+from vtp_gen.utils.log import step_logger
 from vtp_gen.utils.step_guard import guarded_step
+
+log = step_logger("cache")
 
 
 @dataclass
@@ -185,11 +188,6 @@ def prepare_folder(folder: Path, plan: dict, overwrite: bool) -> bool:
     return False
 
 
-def _say(message: str) -> None:
-    if rank_zero_only.rank == 0:
-        print(f"[cache] {message}", flush=True)
-
-
 def share_cpu_cores(trainer: L.Trainer) -> None:
     """Several CPU ranks on one machine: split the cores instead of each rank taking all of them
     (oversubscribed intra-op threads make every rank slower than one rank alone)."""
@@ -214,12 +212,12 @@ def run(cfg: DictConfig) -> CacheResult:
         raise ValueError(f"the dataset ({cfg.data.source}, split {cfg.data.split}) holds no images")
     plan = make_plan(cfg, dataset, tokenizer_path)
     if prepare_folder(folder, plan, cfg.overwrite):
-        _say(f"{folder} is already a complete cache for these settings; nothing to do")
+        log.info(f"{folder} is already a complete cache for these settings; nothing to do")
         return CacheResult(folder, read_manifest(folder), 0, 0.0)
     save_config(cfg, folder / "config.yaml")
     layout = ShardLayout(len(dataset), cfg.shard_size)
     pending = layout.num_shards - len(completed_shards(folder, layout))
-    _say(
+    log.info(
         f"{len(dataset)} images in {layout.num_shards} shards ({pending} to write) -> {folder}; "
         f"tokenizer {plan['tokenizer']['path']}"
     )
@@ -250,7 +248,7 @@ def run(cfg: DictConfig) -> CacheResult:
     counts = manifest["counts"]
     skipped = f", skipped {counts['skipped']}" if counts["skipped"] else ""
     rate = f", {encoded / seconds:.1f} images/s on rank 0" if seconds else ""
-    _say(
+    log.info(
         f"done: {counts['images']} images in {counts['shards']} shards{skipped}{rate}; "
         f"latent {manifest['latent']['shape']}; stats over {manifest['stats']['values_counted']} values"
     )

@@ -43,15 +43,19 @@ from vtp_gen.data.transforms import CenterCropNormalize, denormalize, to_uint8
 from vtp_gen.interop.vtp import load_tokenizer
 from vtp_gen.models.registry import create_model
 from vtp_gen.models.tokenizer import VTPModel
+from vtp_gen.pipeline.run_dir import prepare_run_dir, run_root
 from vtp_gen.systems.decoder_finetune import OPTIMIZER_STEPS_PER_STEP, DecoderFinetune
 from vtp_gen.systems.resume import state_dict_mismatch
 from vtp_gen.systems.stage1_data import Stage1Collate, Stage1DataModule, derive_seed
 from vtp_gen.systems.tokenizer_pretraining import TokenizerPretraining
 from vtp_gen.systems.trainer import build_trainer, csv_logs, find_resume_checkpoint, keep_csv_history
+from vtp_gen.utils.atomic import write_json_atomic
 from vtp_gen.utils.compile import compile_blocks
+from vtp_gen.utils.log import step_logger
 from vtp_gen.utils.plots import plot_loss_curves, read_metrics
-from vtp_gen.utils.run_dir import prepare_run_dir, run_root, write_json_atomic
 from vtp_gen.utils.step_guard import guarded_step
+
+log = step_logger("stage1")
 
 PROGRESS_FILE = "progress.json"
 METRICS_FILE = "metrics.json"
@@ -175,7 +179,7 @@ def maybe_compile(cfg: DictConfig, system: L.LightningModule, phase: str) -> Non
     """
     if cfg.trainer.compile:
         count = compile_blocks(system, tokenizer_block_types())
-        print(f"stage1: {phase}: torch.compile on {count} transformer blocks (compiled at their first call)")
+        log.info(f"{phase}: torch.compile on {count} transformer blocks (compiled at their first call)")
 
 
 def trainer_config(cfg: DictConfig, **changes) -> TrainerConfig:
@@ -214,14 +218,14 @@ def set_aside_stale_finetune(folder: Path) -> None:
             (folder / name).rename(folder / f"{name}.{tag}")
     progress.pop("finetune_steps")
     write_json_atomic(folder / PROGRESS_FILE, progress)
-    print(f"stage1: pre-training continues, so the earlier decoder fine-tune was moved to *.{tag}")
+    log.info(f"pre-training continues, so the earlier decoder fine-tune was moved to *.{tag}")
 
 
 def pretrain(cfg: DictConfig, folder: Path) -> VTPModel | None:
     """Phase 1; returns the trained tokenizer (None when an earlier run finished this phase)."""
     target = folder / "pretrained_tokenizer"
     if read_progress(folder).get("pretrain_steps") == cfg.trainer.max_steps and is_complete_tokenizer(target):
-        print(f"stage1: pre-training already done ({cfg.trainer.max_steps} steps), using {target}")
+        log.info(f"pre-training already done ({cfg.trainer.max_steps} steps), using {target}")
         return None
     set_aside_stale_finetune(folder)
     model = build_tokenizer(cfg)
@@ -232,7 +236,7 @@ def pretrain(cfg: DictConfig, folder: Path) -> VTPModel | None:
     datamodule = build_pretraining_data(cfg, model)
     resume = find_resume_checkpoint(folder / "checkpoints", state_dict_mismatch(system.state_dict()))
     if resume is not None:
-        print(f"stage1: resuming pre-training from {resume}")
+        log.info(f"resuming pre-training from {resume}")
         keep_csv_history(folder / "logs")
     trainer = build_trainer(
         cfg.trainer, folder, use_distributed_sampler=False, strategy=resolve_strategy(cfg.trainer.strategy)
@@ -268,7 +272,7 @@ def finetune_decoder(cfg: DictConfig, folder: Path, model: VTPModel | None) -> N
             record_progress(folder, finetune_steps=0)
         return
     if read_progress(folder).get("finetune_steps") == ft.max_steps and is_complete_tokenizer(target):
-        print(f"stage1: decoder fine-tune already done ({ft.max_steps} steps), using {target}")
+        log.info(f"decoder fine-tune already done ({ft.max_steps} steps), using {target}")
         return
     from vtp_gen.models.discriminator import PatchDiscriminator
 
@@ -282,7 +286,7 @@ def finetune_decoder(cfg: DictConfig, folder: Path, model: VTPModel | None) -> N
     phase_folder = folder / "decoder_finetune"
     resume = find_resume_checkpoint(phase_folder / "checkpoints", state_dict_mismatch(system.state_dict()))
     if resume is not None:
-        print(f"stage1: resuming decoder fine-tune from {resume}")
+        log.info(f"resuming decoder fine-tune from {resume}")
         keep_csv_history(phase_folder / "logs")
     # Two optimiser steps per training step (see DecoderFinetune); clipping is done by the system.
     steps = OPTIMIZER_STEPS_PER_STEP
@@ -410,7 +414,7 @@ def _batches(dataset, limit: int, batch_size: int):
 
 def save_reconstruction_grid(images: torch.Tensor, path: Path, columns: int, upscale: int = 2) -> Path:
     """Originals (top row) above their reconstructions (bottom row); small images are enlarged for viewing."""
-    from vtp_gen.utils.images import save_grid
+    from vtp_gen.data.images import save_grid
 
     if upscale > 1:
         images = torch.nn.functional.interpolate(images, scale_factor=upscale, mode="nearest")
@@ -439,8 +443,8 @@ def write_report(cfg: DictConfig, folder: Path) -> dict:
     if curves:
         plot_loss_curves(logged, curves, images_dir / "loss_curves.png", title=f"stage 1: {cfg.run.name}")
     else:
-        print(
-            f"stage1: no loss was logged (runs shorter than trainer.log_every_n_steps={cfg.trainer.log_every_n_steps}); no curves"
+        log.info(
+            f"no loss was logged (runs shorter than trainer.log_every_n_steps={cfg.trainer.log_every_n_steps}); no curves"
         )
     tokenizer = load_tokenizer(folder / "tokenizer")
     started = time.time()
@@ -513,8 +517,8 @@ def run(cfg: DictConfig) -> dict | None:
     folder = prepare_run_dir(cfg, "stage1")
     if is_finished(cfg, folder):
         metrics = json.loads((folder / METRICS_FILE).read_text())
-        print(f"stage1: already complete in {folder} (tokenizer: {folder / 'tokenizer'}); nothing to do.")
-        print(f"stage1: {summary_line(metrics)}")
+        log.info(f"already complete in {folder} (tokenizer: {folder / 'tokenizer'}); nothing to do.")
+        log.info(f"{summary_line(metrics)}")
         return metrics
     L.seed_everything(cfg.run.seed, workers=True, verbose=False)
     model = pretrain(cfg, folder)
@@ -522,7 +526,7 @@ def run(cfg: DictConfig) -> dict | None:
     if rank_zero_only.rank != 0:
         return None
     metrics = write_report(cfg, folder)
-    print(f"stage1: done, tokenizer in {folder / 'tokenizer'}; {summary_line(metrics)}")
+    log.info(f"done, tokenizer in {folder / 'tokenizer'}; {summary_line(metrics)}")
     if not math.isfinite(metrics["pretrain"].get("train/loss", {}).get("last", 0.0)):
         raise RuntimeError("pre-training loss is not finite; see the loss curves")
     return metrics

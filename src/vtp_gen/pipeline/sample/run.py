@@ -29,8 +29,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from vtp_gen.config import ConfigError
+from vtp_gen.data.images import load_png, save_grid
 from vtp_gen.latents.dataset import LatentStats
 from vtp_gen.latents.manifest import STATS_FILE, read_json, tokenizer_identity
+from vtp_gen.pipeline.run_dir import run_root
+from vtp_gen.pipeline.stage2.run import GENERATOR_DIR, RUN_INFO_FILE
 from vtp_gen.pretrained.safe_unpickle import load_tensors_only
 from vtp_gen.systems.flow_matching import GENERATOR_CONFIG_KEY, tensor_digest
 from vtp_gen.systems.sampling import (
@@ -45,11 +48,12 @@ from vtp_gen.systems.sampling import (
     sampling_kwargs,
     write_adm_npz,
 )
-from vtp_gen.systems.stage2_run import GENERATOR_DIR, RUN_INFO_FILE
 from vtp_gen.systems.trainer import build_predict_trainer
-from vtp_gen.utils.images import load_png, save_grid
-from vtp_gen.utils.run_dir import run_root, write_json_atomic
+from vtp_gen.utils.atomic import write_json_atomic
+from vtp_gen.utils.log import step_logger
 from vtp_gen.utils.step_guard import guarded_step
+
+log = step_logger("sample")
 
 RECORD_FILE = "samples.json"
 NPZ_FILE = "samples.npz"
@@ -183,13 +187,6 @@ def prepare_folder(folder: Path, wanted: dict, overwrite: bool) -> dict:
     return record
 
 
-def _say(message: str) -> None:
-    from lightning.fabric.utilities.rank_zero import rank_zero_only
-
-    if rank_zero_only.rank == 0:
-        print(f"[sample] {message}", flush=True)
-
-
 @guarded_step(
     "sample",
     output_folder,
@@ -212,7 +209,7 @@ def run(cfg: DictConfig) -> SampleResult:
         folder, identity(cfg, generator, tokenizer_path, stats, num_classes), cfg.overwrite
     )
     pending = missing_indices(images, cfg.num_samples)
-    _say(
+    log.info(
         f"{cfg.num_samples} samples ({len(pending)} to make) of {generator.num_classes}-class generator "
         f"{generator_path} -> {folder}"
     )
@@ -250,7 +247,7 @@ def run(cfg: DictConfig) -> SampleResult:
         save_grid(pixels, folder / GRID_FILE, nrow=math.ceil(math.sqrt(count)))
     record["num_samples"] = cfg.num_samples
     write_json_atomic(folder / RECORD_FILE, record)
-    _say(f"done: {cfg.num_samples} samples in {images}" + (f", {npz}" if cfg.write_npz else ""))
+    log.info(f"done: {cfg.num_samples} samples in {images}" + (f", {npz}" if cfg.write_npz else ""))
     return SampleResult(folder, npz if cfg.write_npz else None, cfg.num_samples, writer.written)
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
-import importlib.util
 import json
 import os
 import pickle
@@ -24,13 +23,13 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from vtp_gen.config import ConfigError, DataConfig, load_config
+from vtp_gen.pipeline.recipes import resolve_recipe
 from vtp_gen.pretrained.safe_unpickle import unpickling_reason
 from vtp_gen.systems.nonfinite import NonFiniteTrainingError
 from vtp_gen.utils.host_memory import keep_freed_host_memory
 from vtp_gen.utils.run_lock import FolderInUseError, launching_process
 from vtp_gen.utils.stop_signals import StopRequested
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 WRITE_FAULTS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES)
 WRITE_FAULT_REMEDY = {
     errno.ENOSPC: "free some space (or lift the limit) or choose another output folder",
@@ -39,85 +38,74 @@ WRITE_FAULT_REMEDY = {
     errno.EROFS: "the file system is read-only: remount it writable or choose another output folder",
     errno.EACCES: "no permission to write there: fix the folder's permissions or choose another output folder",
 }
-REPO_CONFIGS = REPO_ROOT / "configs"
 
 
 @dataclass(frozen=True)
 class Step:
-    """A pipeline step: its schema and runner live in the library (``module:attr``)."""
+    """A pipeline step: its config schema and its ``run(cfg)`` (``module:attr``, imported when run)."""
 
     schema: str
     runner: str
     default_recipe: str
     help: str
-    issue: int  # the tracker issue that builds it, named when it is not there yet
 
 
 STEPS: dict[str, Step] = {
     "stage1": Step(
-        "vtp_gen.systems.stage1_config:Stage1Config",
-        "vtp_gen.systems.stage1_run:run",
+        "vtp_gen.pipeline.stage1.config:Stage1Config",
+        "vtp_gen.pipeline.stage1.run:run",
         "configs/stage1/tiny.yaml",
         "pre-train the VTP tokenizer, then fine-tune its decoder with a GAN loss",
-        5,
     ),
     "cache": Step(
-        "vtp_gen.latents.config:CacheConfig",
-        "vtp_gen.latents.run:run",
+        "vtp_gen.pipeline.cache.config:CacheConfig",
+        "vtp_gen.pipeline.cache.run:run",
         "configs/stage2/cache_tiny.yaml",
         "encode a labelled dataset into latent shards with the frozen tokenizer",
-        6,
     ),
     "stage2": Step(
-        "vtp_gen.systems.stage2_config:Stage2Config",
-        "vtp_gen.systems.stage2_run:run",
+        "vtp_gen.pipeline.stage2.config:Stage2Config",
+        "vtp_gen.pipeline.stage2.run:run",
         "configs/stage2/tiny.yaml",
         "train a DiT / SiT / LightningDiT on cached latents (caches first if needed)",
-        7,
     ),
     "sample": Step(
-        "vtp_gen.systems.stage2_config:SampleConfig",
-        "vtp_gen.systems.sample_run:run",
+        "vtp_gen.pipeline.stage2.config:SampleConfig",
+        "vtp_gen.pipeline.sample.run:run",
         "configs/stage2/sample_tiny.yaml",
         "sample images from a trained generator into a PNG folder and an ADM .npz",
-        7,
     ),
     # Text-to-image (docs/text-to-image.md): `make stage2` / `make sample` pick these for t2i* /
     # sample_t2i* recipes (see recipe_step), or call them by name.
     "t2i": Step(
-        "vtp_gen.t2i.config:T2IConfig",
-        "vtp_gen.t2i.run:run",
+        "vtp_gen.pipeline.t2i.config:T2IConfig",
+        "vtp_gen.pipeline.t2i.run:run",
         "configs/stage2/t2i_tiny.yaml",
         "train a text-to-image generator on captioned latents, conditioned by the tokenizer's text tower",
-        23,
     ),
     "t2i-sample": Step(
-        "vtp_gen.t2i.config:T2ISampleConfig",
-        "vtp_gen.t2i.sample_run:run",
+        "vtp_gen.pipeline.t2i.config:T2ISampleConfig",
+        "vtp_gen.pipeline.t2i.sample:run",
         "configs/stage2/sample_t2i_tiny.yaml",
         "sample images from prompts with a text-to-image generator: captioned grid, PNGs, ADM .npz",
-        23,
     ),
     "t2i-eval": Step(
-        "vtp_gen.t2i.config:T2IEvalConfig",
-        "vtp_gen.t2i.eval_run:run",
+        "vtp_gen.pipeline.t2i.config:T2IEvalConfig",
+        "vtp_gen.pipeline.t2i.evaluate:run",
         "configs/eval/t2i_tiny.yaml",
         "prompt agreement, CLIP score and FID of a text-to-image generator on held-out prompts",
-        23,
     ),
     "eval": Step(
-        "vtp_gen.metrics.eval_config:EvalConfig",
-        "vtp_gen.metrics.eval_run:run",
+        "vtp_gen.pipeline.evaluate.config:EvalConfig",
+        "vtp_gen.pipeline.evaluate.run:run",
         "configs/eval/tiny.yaml",
         "evaluate tokenizer and generator: FID/KID/IS/P/R, rFID/PSNR/SSIM/LPIPS, probes, zero-shot",
-        8,
     ),
     "scaling": Step(
-        "vtp_gen.scaling.config:ScalingConfig",
-        "vtp_gen.scaling.study:run",
+        "vtp_gen.pipeline.scaling.config:ScalingConfig",
+        "vtp_gen.pipeline.scaling.run:run",
         "configs/scaling/tiny.yaml",
         "the tokenizer scaling study: objective presets x stage-1 budgets, same stage 2 and eval for each",
-        9,
     ),
 }
 
@@ -133,16 +121,8 @@ def _import(path: str):
     return getattr(importlib.import_module(module_name), attr)
 
 
-def _step_available(step: Step) -> bool:
-    module_name = step.runner.split(":")[0]
-    try:
-        return importlib.util.find_spec(module_name) is not None
-    except ModuleNotFoundError:
-        return False
-
-
-def schema_for_recipe(path: str | Path) -> type | None:
-    """The schema a shipped recipe is written against (None when its step is not built yet).
+def schema_for_recipe(path: str | Path) -> type:
+    """The schema a shipped recipe is written against.
 
     ``configs/<step>/`` holds a step's recipes; in ``configs/stage2/`` the
     ``cache_*`` and ``sample_*`` files belong to the cache and sample steps.
@@ -159,8 +139,8 @@ def schema_for_recipe(path: str | Path) -> type | None:
             "cache" if stem.startswith("cache") else "sample" if stem.startswith("sample") else "stage2"
         )
         step_name = recipe_step(step_name, [path])
-    if step_name is None or not _step_available(STEPS[step_name]):
-        return None
+    if step_name is None:
+        raise ConfigError(f"{path}: not a recipe folder of a pipeline step (configs/<step>/<name>.yaml)")
     return _import(STEPS[step_name].schema)
 
 
@@ -179,9 +159,9 @@ def recipe_step(step_name: str, recipes: list | None) -> str:
 def build_config(step_name: str, recipes: list[str] | None, data_recipe: str | None, overrides: list[str]):
     step = STEPS[step_name]
     schema = _import(step.schema)
-    recipe_paths = recipes or [str(REPO_ROOT / step.default_recipe)]
+    recipe_paths = [str(resolve_recipe(path)) for path in recipes or [step.default_recipe]]
     if data_recipe:
-        data_values = OmegaConf.to_container(load_config(DataConfig, data_recipe))
+        data_values = OmegaConf.to_container(load_config(DataConfig, resolve_recipe(data_recipe)))
         # JSON-quoted: an empty string (e.g. the default data.root="") must stay a string, not become null.
         data_overrides = [f"data.{k}={json.dumps(v)}" for k, v in data_values.items() if v is not None]
         overrides = data_overrides + list(overrides)
@@ -211,12 +191,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.step = recipe_step(args.step, args.config)
     step = STEPS[args.step]
-    if not _step_available(step):
-        print(
-            f"vtp-gen {args.step}: this step is not built yet (tracked in issue #{step.issue}).",
-            file=sys.stderr,
-        )
-        return 2
     try:
         cfg = build_config(args.step, args.config, args.data, args.overrides)
     except ConfigError as e:

@@ -16,18 +16,20 @@ from omegaconf import DictConfig, OmegaConf
 
 from vtp_gen.config import ConfigError
 from vtp_gen.data.fashion_mnist import FashionMNIST
-from vtp_gen.systems.sample_run import (
+from vtp_gen.data.images import save_png
+from vtp_gen.pipeline.run_dir import run_root
+from vtp_gen.pipeline.sample.run import (
     load_any_generator,
     load_stats,
     resolve_stats,
     resolve_tokenizer,
     run_info,
 )
+from vtp_gen.pipeline.t2i.config import HELD_OUT_PROMPTS
+from vtp_gen.pipeline.t2i.run import GENERATOR_DIR, RUN_STEP
+from vtp_gen.pipeline.t2i.sample import pick_device
 from vtp_gen.systems.sampling import LatentDecoder, sample_noise
-from vtp_gen.t2i.config import HELD_OUT_PROMPTS
 from vtp_gen.t2i.evaluate import agreement, clip_score, load_or_train_judge
-from vtp_gen.t2i.run import GENERATOR_DIR, RUN_STEP
-from vtp_gen.t2i.sample_run import pick_device
 from vtp_gen.t2i.sampling import (
     captioned_grid,
     generate,
@@ -37,14 +39,12 @@ from vtp_gen.t2i.sampling import (
 )
 from vtp_gen.t2i.text_features import CaptionEncoder
 from vtp_gen.transport import sample as transport_sample
-from vtp_gen.utils.images import save_png
-from vtp_gen.utils.run_dir import run_root, write_json_atomic
+from vtp_gen.utils.atomic import write_json_atomic
+from vtp_gen.utils.log import step_logger
+
+log = step_logger("t2i-eval")
 
 GRID_PER_PROMPT = 8
-
-
-def _say(message: str) -> None:
-    print(f"[t2i-eval] {message}", flush=True)
 
 
 @torch.no_grad()
@@ -105,10 +105,10 @@ def run(cfg: DictConfig) -> dict:
     judge, judge_accuracy = load_or_train_judge(
         folder / "judge.safetensors", epochs=cfg.judge_epochs, max_images=cfg.judge_train_images
     )
-    _say(f"garment judge: {judge_accuracy:.4f} accuracy on the Fashion-MNIST test split")
+    log.info(f"garment judge: {judge_accuracy:.4f} accuracy on the Fashion-MNIST test split")
     targets = [k for k in range(len(HELD_OUT_PROMPTS)) for _ in range(cfg.per_prompt)]
     prompts = [HELD_OUT_PROMPTS[k] for k in targets]
-    _say(f"text model: {len(prompts)} samples of {len(HELD_OUT_PROMPTS)} held-out prompts")
+    log.info(f"text model: {len(prompts)} samples of {len(HELD_OUT_PROMPTS)} held-out prompts")
     pixels = text_samples(generator, encoder, decoder, prompts, seed, sampling, cfg.batch_size)
     metrics: dict = {
         "judge_test_accuracy": round(judge_accuracy, 4),
@@ -135,7 +135,7 @@ def run(cfg: DictConfig) -> dict:
         )
         if class_path.exists():
             class_generator = load_any_generator(class_path).to(device).eval()
-            _say(f"class-conditional yardstick: {len(targets)} samples of {class_path}")
+            log.info(f"class-conditional yardstick: {len(targets)} samples of {class_path}")
             class_pixels = class_samples(
                 class_generator, decoder, targets, seed, sampling, cfg.batch_size, device
             )
@@ -145,7 +145,7 @@ def run(cfg: DictConfig) -> dict:
                 "clip_score": clip_score(tokenizer, class_pixels, prompts),
             }
         else:
-            _say(f"no class-conditional generator at {class_path}: no yardstick")
+            log.info(f"no class-conditional generator at {class_path}: no yardstick")
     if cfg.fid_real_images > 0:
         real = FashionMNIST(None, "test", max_samples=cfg.fid_real_images)
         from vtp_gen.latents.encode import CenterCropUint8
@@ -159,7 +159,7 @@ def run(cfg: DictConfig) -> dict:
             metrics["class_model"]["fid"] = fid(class_pixels, real_pixels, device)
     write_json_atomic(folder / "metrics.json", metrics)
     (folder / "report.md").write_text(report(metrics))
-    _say(f"done -> {folder / 'metrics.json'}")
+    log.info(f"done -> {folder / 'metrics.json'}")
     print(report(metrics), flush=True)
     return metrics
 

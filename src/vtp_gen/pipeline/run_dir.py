@@ -12,14 +12,12 @@ Re-running the same command finds ``checkpoints/last.ckpt`` and resumes.
 from __future__ import annotations
 
 import difflib
-import json
 import warnings
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from vtp_gen.config import save_config
-from vtp_gen.utils.atomic import write_text_atomic
 
 
 def run_root(cfg: DictConfig) -> Path:
@@ -51,12 +49,3 @@ def prepare_run_dir(cfg: DictConfig, step: str) -> Path:
             )
     save_config(cfg, config_path)
     return folder
-
-
-def last_checkpoint(folder: Path) -> Path | None:
-    path = Path(folder) / "checkpoints" / "last.ckpt"
-    return path if path.is_file() else None
-
-
-def write_json_atomic(path: str | Path, payload: dict) -> Path:
-    return write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")

@@ -58,7 +58,7 @@ def pretraining_step_flops(cfg: DictConfig, device: str | torch.device = "cpu") 
     training loop runs it (losses, backward), in fp32; precision changes the
     speed of a FLOP, not the count.
     """
-    from vtp_gen.systems.stage1_run import build_pretraining_data, build_tokenizer
+    from vtp_gen.pipeline.stage1.run import build_pretraining_data, build_tokenizer
     from vtp_gen.systems.tokenizer_pretraining import TokenizerPretraining
 
     device = torch.device(device)

@@ -22,9 +22,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from vtp_gen.config import ConfigError
+from vtp_gen.data.images import load_png, save_png
 from vtp_gen.latents.manifest import tokenizer_identity
-from vtp_gen.systems.flow_matching import tensor_digest
-from vtp_gen.systems.sample_run import (
+from vtp_gen.pipeline.run_dir import run_root
+from vtp_gen.pipeline.sample.run import (
     IMAGES_DIR,
     NPZ_FILE,
     RECORD_FILE,
@@ -34,9 +35,10 @@ from vtp_gen.systems.sample_run import (
     resolve_tokenizer,
     run_info,
 )
+from vtp_gen.pipeline.t2i.config import HELD_OUT_PROMPTS
+from vtp_gen.pipeline.t2i.run import GENERATOR_DIR, RUN_STEP
+from vtp_gen.systems.flow_matching import tensor_digest
 from vtp_gen.systems.sampling import LatentDecoder, missing_indices, png_path, write_adm_npz
-from vtp_gen.t2i.config import HELD_OUT_PROMPTS
-from vtp_gen.t2i.run import GENERATOR_DIR, RUN_STEP
 from vtp_gen.t2i.sampling import (
     captioned_grid,
     generate,
@@ -45,8 +47,10 @@ from vtp_gen.t2i.sampling import (
     uint8_pixels,
 )
 from vtp_gen.t2i.text_features import CaptionEncoder
-from vtp_gen.utils.images import load_png, save_png
-from vtp_gen.utils.run_dir import run_root, write_json_atomic
+from vtp_gen.utils.atomic import write_json_atomic
+from vtp_gen.utils.log import step_logger
+
+log = step_logger("t2i-sample")
 
 PROMPTS_FILE = "prompts.txt"
 GRID_FILE = "grid.png"
@@ -118,9 +122,7 @@ def run(cfg: DictConfig) -> PromptSampleResult:
     record = prepare_folder(folder, identity, cfg.overwrite)
     prompt_of = [k for k in range(len(prompts)) for _ in range(cfg.per_prompt)]
     pending = missing_indices(images, num_samples)
-    print(
-        f"[sample] {len(prompts)} prompts x {cfg.per_prompt} ({len(pending)} to make) -> {folder}", flush=True
-    )
+    log.info(f"{len(prompts)} prompts x {cfg.per_prompt} ({len(pending)} to make) -> {folder}")
     written = 0
     if pending:
         from vtp_gen import load_tokenizer
@@ -148,8 +150,5 @@ def run(cfg: DictConfig) -> PromptSampleResult:
     save_png(captioned_grid(torch.from_numpy(grid_pixels), prompts, cfg.per_prompt), folder / GRID_FILE)
     record["num_samples"] = num_samples
     write_json_atomic(folder / RECORD_FILE, record)
-    print(
-        f"[sample] done: {num_samples} samples in {images}" + (f", {npz}" if cfg.write_npz else ""),
-        flush=True,
-    )
+    log.info(f"done: {num_samples} samples in {images}" + (f", {npz}" if cfg.write_npz else ""))
     return PromptSampleResult(folder, npz if cfg.write_npz else None, prompts, num_samples, written)

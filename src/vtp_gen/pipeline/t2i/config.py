@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from vtp_gen.config import RunConfig
-from vtp_gen.systems.stage2_config import (
+from vtp_gen.pipeline.stage2.config import (
     GeneratorModelConfig,
     PreviewConfig,
     SampleConfig,

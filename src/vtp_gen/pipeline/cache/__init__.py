@@ -1,0 +1,1 @@
+"""Latent caching: the frozen tokenizer encodes a dataset into latent shards (``make cache``)."""

@@ -1,0 +1,1 @@
+"""Evaluation: tokenizer and generator metrics, report and grids (``make eval``)."""

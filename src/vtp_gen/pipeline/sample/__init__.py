@@ -1,0 +1,1 @@
+"""Sampling: a trained generator into a PNG folder and an ADM ``.npz`` (``make sample``)."""

@@ -1,0 +1,1 @@
+"""Stage 2: train a DiT / SiT / LightningDiT on cached latents (``make stage2``)."""

@@ -1,0 +1,1 @@
+"""Text-to-image: train, sample and evaluate a caption-conditioned generator on VTP latents."""
