@@ -18,6 +18,7 @@ from vtp_gen import create_model, load_tokenizer, save_pretrained
 from vtp_gen.config import load_config
 from vtp_gen.interop.generators import save_generator
 from vtp_gen.metrics.report import read_metrics_json
+from vtp_gen.metrics.tokenizer import evaluation_subset
 from vtp_gen.pipeline.evaluate import run as eval_run
 from vtp_gen.pipeline.evaluate.config import EvalConfig
 
@@ -105,14 +106,15 @@ def _lpips_available() -> bool:
         return False
 
 
+def run_eval(cfg):
+    """The eval step with the small stand-in feature network in place of the FID Inception."""
+    return eval_run.run(cfg, feature_network=(StandInFeatures(), STAND_IN))
+
+
 @pytest.fixture(scope="module")
 def evaluated(tiny_run):
-    patch = pytest.MonkeyPatch()
-    patch.setattr(eval_run, "build_feature_network", lambda cfg, device: (StandInFeatures(), STAND_IN))
     cfg = _config(tiny_run, f"reconstruction.lpips={str(_lpips_available()).lower()}")
-    result = eval_run.run(cfg)
-    yield cfg, result
-    patch.undo()
+    return cfg, run_eval(cfg)
 
 
 def test_every_metric_is_written_with_its_protocol(evaluated):
@@ -170,7 +172,7 @@ def test_rfid_and_psnr_match_an_independent_computation(evaluated, tiny_run):
     _, records = read_metrics_json(result["metrics"])
     by_metric = {r.metric: r for r in records}
     dataset = FashionMNIST(split="test", transform=CenterCropNormalize(32))
-    indices = eval_run.subset_indices(len(dataset), 24)
+    indices = evaluation_subset(len(dataset), 24)
     images = torch.stack([dataset[i]["image"] for i in indices])
     tokenizer = load_tokenizer(tiny_run / "tiny" / "stage1" / "tokenizer")
     with torch.no_grad():
@@ -191,7 +193,6 @@ def test_second_eval_reuses_samples_and_probe_features(evaluated, tiny_run, monk
     folder = Path(result["report"]).parent
     pngs = sorted((folder / "samples").glob("*/images/*.png"))
     stamps = [p.stat().st_mtime_ns for p in pngs]
-    monkeypatch.setattr(eval_run, "build_feature_network", lambda cfg, device: (StandInFeatures(), STAND_IN))
     calls = []
     original = eval_run.labelled_loader
     monkeypatch.setattr(
@@ -199,7 +200,7 @@ def test_second_eval_reuses_samples_and_probe_features(evaluated, tiny_run, monk
         "labelled_loader",
         lambda ctx, split, *a, **k: calls.append(split) or original(ctx, split, *a, **k),
     )
-    again = eval_run.run(_config(tiny_run, "reconstruction.enabled=false", "zero_shot.enabled=false"))
+    again = run_eval(_config(tiny_run, "reconstruction.enabled=false", "zero_shot.enabled=false"))
     assert [p.stat().st_mtime_ns for p in sorted((folder / "samples").glob("*/images/*.png"))] == stamps
     assert "train" not in calls  # probe features came from the cache
     first = {r.metric: r.value for r in read_metrics_json(result["metrics"])[1]}
@@ -223,24 +224,36 @@ def test_one_pass_probe_features_equal_the_library_functions(tiny_run):
 
 
 def test_missing_parts_are_skipped_with_notes_and_bad_paths_fail(tmp_path, monkeypatch):
-    monkeypatch.setattr(eval_run, "build_feature_network", lambda cfg, device: (StandInFeatures(), STAND_IN))
-    result = eval_run.run(_config(tmp_path, "linear_probe.enabled=false"))
+    result = run_eval(_config(tmp_path, "linear_probe.enabled=false"))
     assert result["records"] == []
     text = Path(result["report"]).read_text()
     assert "generation: skipped" in text and "tokenizer metrics: skipped" in text
     with pytest.raises(FileNotFoundError, match="tokenizer"):
-        eval_run.run(_config(tmp_path, f"tokenizer={tmp_path / 'nope'}"))
+        run_eval(_config(tmp_path, f"tokenizer={tmp_path / 'nope'}"))
 
 
 def test_reference_features_are_cached_per_split_and_count(tmp_path, monkeypatch):
     monkeypatch.setenv("VTP_GEN_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(eval_run, "build_feature_network", lambda cfg, device: (StandInFeatures(), STAND_IN))
     cfg = _config(tmp_path, "cache_reference=true")
-    ctx = eval_run.EvalContext(cfg, tmp_path / "out", torch.device("cpu"), "Fashion-MNIST", None)
+    ctx = eval_run.EvalContext(
+        cfg,
+        tmp_path / "out",
+        torch.device("cpu"),
+        "Fashion-MNIST",
+        None,
+        feature_network=(StandInFeatures(), STAND_IN),
+    )
     first = eval_run.evaluation_reference(ctx, need_features=True)
     cached = list((tmp_path / "cache" / "fid_references").glob("*.npz"))
     assert len(cached) == 1 and "Fashion-MNIST-test-32px-40-" in cached[0].name
-    ctx2 = eval_run.EvalContext(cfg, tmp_path / "out", torch.device("cpu"), "Fashion-MNIST", None)
+    ctx2 = eval_run.EvalContext(
+        cfg,
+        tmp_path / "out",
+        torch.device("cpu"),
+        "Fashion-MNIST",
+        None,
+        feature_network=(StandInFeatures(), STAND_IN),
+    )
     monkeypatch.setattr(eval_run, "labelled_loader", lambda *a, **k: pytest.fail("reference recomputed"))
     second = eval_run.evaluation_reference(ctx2, need_features=True)
     np.testing.assert_allclose(first.features, second.features)
@@ -248,11 +261,9 @@ def test_reference_features_are_cached_per_split_and_count(tmp_path, monkeypatch
 
 
 def test_subset_indices_are_fixed_and_nested():
-    a, b = eval_run.subset_indices(1000, 100), eval_run.subset_indices(1000, 40)
+    a, b = evaluation_subset(1000, 100), evaluation_subset(1000, 40)
     assert a[:40] == b and len(set(a)) == 100 and a != list(range(100))
-    assert eval_run.subset_indices(10, 0) == list(range(10)) and eval_run.subset_indices(10, 50) == list(
-        range(10)
-    )
+    assert evaluation_subset(10, 0) == list(range(10)) and evaluation_subset(10, 50) == list(range(10))
 
 
 def test_shipped_eval_recipes_validate():
@@ -271,7 +282,7 @@ def test_real_inception_end_to_end(tiny_run, tmp_path):
     cfg = _config(
         tiny_run, f"out_dir={tmp_path / 'eval'}", "linear_probe.enabled=false", "zero_shot.enabled=false"
     )
-    result = eval_run.run(cfg)
+    result = run_eval(cfg)
     by_metric = {r.metric: r for r in result["records"]}
     assert by_metric["gfid"].protocol.features == INCEPTION_FEATURES
     assert np.isfinite(by_metric["gfid"].value) and np.isfinite(by_metric["rfid"].value)
@@ -282,12 +293,9 @@ def test_samples_handed_over_keep_their_recorded_protocol(evaluated, tiny_run, t
     import shutil
 
     cfg, result = evaluated
-    monkeypatch.setattr(eval_run, "build_feature_network", lambda cfg, device: (StandInFeatures(), STAND_IN))
     made = next((Path(result["report"]).parent / "samples").glob("*/samples.json")).parent
     off = ["reconstruction.enabled=false", "linear_probe.enabled=false", "zero_shot.enabled=false"]
-    recorded = eval_run.run(
-        _config(tiny_run, f"generation.samples={made}", f"out_dir={tmp_path / 'a'}", *off)
-    )
+    recorded = run_eval(_config(tiny_run, f"generation.samples={made}", f"out_dir={tmp_path / 'a'}", *off))
     gfid = {r.metric: r for r in recorded["records"]}["gfid"]
     assert gfid.protocol.method == "euler, 4 steps, shift 0.3, balanced labels"
     assert (
@@ -298,13 +306,13 @@ def test_samples_handed_over_keep_their_recorded_protocol(evaluated, tiny_run, t
 
     bare = tmp_path / "bare"
     shutil.copytree(made / "images", bare)
-    unknown = eval_run.run(_config(tiny_run, f"generation.samples={bare}", f"out_dir={tmp_path / 'b'}", *off))
+    unknown = run_eval(_config(tiny_run, f"generation.samples={bare}", f"out_dir={tmp_path / 'b'}", *off))
     gfid = {r.metric: r for r in unknown["records"]}["gfid"]
     assert gfid.protocol.method == "sampler not recorded" and gfid.protocol.generator.startswith(
         "not recorded"
     )
     with pytest.raises(ValueError, match="fewer than"):
-        eval_run.run(_config(tiny_run, f"generation.samples={bare}", "generation.num_samples=31", *off))
+        run_eval(_config(tiny_run, f"generation.samples={bare}", "generation.num_samples=31", *off))
 
 
 def test_adm_reference_batch(evaluated, tiny_run, tmp_path, monkeypatch):
@@ -320,9 +328,6 @@ def test_adm_reference_batch(evaluated, tiny_run, tmp_path, monkeypatch):
     monkeypatch.setenv("VTP_GEN_CACHE", str(tmp_path / "cache"))
     # An ADM batch's statistics are Inception statistics by definition, and the library refuses any
     # other extractor. The stand-in poses as the Inception here so the path runs in seconds.
-    monkeypatch.setattr(
-        eval_run, "build_feature_network", lambda cfg, device: (StandInFeatures(), INCEPTION_FEATURES)
-    )
     train = FashionMNIST(split="train", max_samples=50)
     pixels = np.stack([np.asarray(train[i]["image"].resize((32, 32))) for i in range(50)])
     net = StandInFeatures()
@@ -331,13 +336,14 @@ def test_adm_reference_batch(evaluated, tiny_run, tmp_path, monkeypatch):
     samples = next((Path(result["report"]).parent / "samples").glob("*/images"))
     off = ["reconstruction.enabled=false", "linear_probe.enabled=false", "zero_shot.enabled=false"]
     out = eval_run.run(
-        _config(
+        feature_network=(StandInFeatures(), INCEPTION_FEATURES),
+        cfg=_config(
             tiny_run,
             f"generation.reference={npz}",
             "generation.num_reference=0",
             "cache_reference=true",
             *off,
-        )
+        ),
     )
     gfid = {r.metric: r for r in out["records"]}["gfid"]
     assert gfid.protocol.reference == "VIRTUAL_fmnist32.npz" and gfid.protocol.num_reference is None
@@ -345,6 +351,5 @@ def test_adm_reference_batch(evaluated, tiny_run, tmp_path, monkeypatch):
     expected = frechet_distance(FeatureStatistics.from_features(sample_features), stats)
     assert gfid.value == pytest.approx(expected, rel=1e-5)
     assert len(list((tmp_path / "cache" / "fid_references").glob("VIRTUAL_fmnist32-*.npz"))) == 1
-    monkeypatch.setattr(eval_run, "build_feature_network", lambda cfg, device: (StandInFeatures(), STAND_IN))
-    with pytest.raises(ValueError, match="feature extractor"):
-        eval_run.run(_config(tiny_run, f"generation.reference={npz}", "cache_reference=false", *off))
+    with pytest.raises(ValueError, match="feature extractor"):  # the stand-in under its own name is refused
+        run_eval(_config(tiny_run, f"generation.reference={npz}", "cache_reference=false", *off))

@@ -75,7 +75,7 @@ class RMSNorm(nn.Module):
         return self.normalize(x) * self.weight
 
 
-class SwiGLUFFN(nn.Module):
+class PackedSwiGLUFFN(nn.Module):
     """SwiGLU feed-forward with the fused ``w12`` input projection of LightningDiT (DINOv2 naming).
 
     The first half of ``w12``'s output is the SiLU gate, the second half the value.

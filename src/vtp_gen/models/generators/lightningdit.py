@@ -25,8 +25,8 @@ from vtp_gen.models.generators.layers import (
     Attention,
     AxialRotaryEmbedding,
     LabelEmbedder,
+    PackedSwiGLUFFN,
     RMSNorm,
-    SwiGLUFFN,
     TimestepEmbedder,
     gated_residual,
     norm_modulate,
@@ -61,7 +61,7 @@ class LightningDiTBlock(nn.Module):
         mlp_hidden = int(hidden_size * mlp_ratio)
         if use_swiglu:
             # 2/3 keeps the parameter count of the 4x GELU MLP it replaces (3 matrices instead of 2).
-            self.mlp = SwiGLUFFN(hidden_size, int(2 / 3 * mlp_hidden))
+            self.mlp = PackedSwiGLUFFN(hidden_size, int(2 / 3 * mlp_hidden))
         else:
             self.mlp = Mlp(hidden_size, mlp_hidden, act_layer=lambda: nn.GELU(approximate="tanh"), drop=0)
         self.wo_shift = wo_shift

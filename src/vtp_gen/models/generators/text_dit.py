@@ -39,8 +39,8 @@ from torch.utils.checkpoint import checkpoint
 from vtp_gen.models.generators.layers import (
     Attention,
     AxialRotaryEmbedding,
+    PackedSwiGLUFFN,
     RMSNorm,
-    SwiGLUFFN,
     TimestepEmbedder,
     modulate,
     sincos_2d_pos_embed,
@@ -104,7 +104,7 @@ class TextDiTBlock(nn.Module):
         self.norm2 = _norm(hidden_size, use_rmsnorm)
         mlp_hidden = int(hidden_size * mlp_ratio)
         if use_swiglu:
-            self.mlp = SwiGLUFFN(hidden_size, int(2 / 3 * mlp_hidden))
+            self.mlp = PackedSwiGLUFFN(hidden_size, int(2 / 3 * mlp_hidden))
         else:
             self.mlp = Mlp(hidden_size, mlp_hidden, act_layer=lambda: nn.GELU(approximate="tanh"), drop=0)
         self.adaln = adaln

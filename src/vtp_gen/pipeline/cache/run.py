@@ -253,13 +253,3 @@ def run(cfg: DictConfig) -> CacheResult:
         f"latent {manifest['latent']['shape']}; stats over {manifest['stats']['values_counted']} values"
     )
     return CacheResult(folder, manifest, encoded, seconds, cpu_seconds)
-
-
-def ensure_cache(cfg: DictConfig) -> Path:
-    """The cache folder for ``cfg`` (a :class:`CacheConfig`), caching first when it is missing or partial.
-
-    What ``make stage2`` calls before training. A folder holding a cache made
-    with other settings raises :class:`CacheMismatchError` rather than being
-    silently reused or overwritten.
-    """
-    return run(cfg).folder

@@ -30,16 +30,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Subset
-from tqdm.auto import tqdm
 
 from vtp_gen.config import save_config
 from vtp_gen.data.build import build_dataset
 from vtp_gen.data.decode import collate_samples
-from vtp_gen.data.transforms import CenterCropNormalize, normalize, pil_to_tensor, to_uint8
+from vtp_gen.data.transforms import CenterCropNormalize, normalize, pil_to_tensor
 from vtp_gen.metrics.report import (
     RECONSTRUCTION_REFERENCE,
     MetricRecord,
@@ -53,13 +51,21 @@ from vtp_gen.metrics.report import (
     write_report,
     zero_shot_method,
 )
+from vtp_gen.metrics.tokenizer import (
+    SUBSET_SEED,
+    evaluate_reconstruction,
+    evaluate_tokenizer_zero_shot,
+    evaluation_subset,
+    save_reconstruction_grid,
+    uint8_nchw,
+    zero_shot_classes,
+)
 from vtp_gen.pipeline.run_dir import run_root
 from vtp_gen.utils.log import step_logger
 from vtp_gen.utils.step_guard import guarded_step
 
 log = step_logger("eval")
 
-SUBSET_SEED = 0
 SHORT_IS_REASON = (
     "the Inception weights have no classifier layer (pool3-only conversion); see docs/eval.md to enable IS"
 )
@@ -85,6 +91,7 @@ class EvalContext:
     reference_indices: list[int] | None = None
     extractor: str = ""
     _inception: torch.nn.Module | None = None
+    feature_network: tuple[torch.nn.Module, str] | None = None  # (network, extractor name) given to run()
 
     @property
     def progress(self) -> bool:
@@ -93,15 +100,17 @@ class EvalContext:
     def inception(self) -> torch.nn.Module:
         """The feature network of every FID here, built once (see :func:`build_feature_network`)."""
         if self._inception is None:
-            self._inception, self.extractor = build_feature_network(self.cfg, self.device)
+            self._inception, self.extractor = self.feature_network or build_feature_network(
+                self.cfg, self.device
+            )
         return self._inception
 
 
 def build_feature_network(cfg: DictConfig, device: torch.device) -> tuple[torch.nn.Module, str]:
     """(network, extractor name): the FID Inception, uint8 images -> pool3 features.
 
-    channels_last makes it 1.45x faster on CPU with features equal within 4e-6. Tests put a
-    small stand-in here; its name then keeps its numbers apart from Inception ones.
+    channels_last makes it 1.45x faster on CPU with features equal within 4e-6. ``run`` takes
+    another network instead (tests pass a small stand-in; its name keeps its numbers apart).
     """
     from vtp_gen.metrics.generation import INCEPTION_EXTRACTOR
     from vtp_gen.pretrained.inception import build_fid_inception
@@ -159,23 +168,10 @@ def build_transform(kind: str, size: int):
     return lambda image: normalize(pil_to_tensor(resize(image.convert("RGB"))))
 
 
-def subset_indices(length: int, limit: int) -> list[int]:
-    """A fixed random subset (seed 0) of ``limit`` indices, or all of them in order.
-
-    Random, not the first N: class-sorted folders (ImageNet val) would otherwise
-    give one class. Prefixes agree (subset(n) starts with subset(m) for m < n), so
-    the reconstruction images are the first of the reference images.
-    """
-    if limit <= 0 or limit >= length:
-        return list(range(length))
-    order = torch.randperm(length, generator=torch.Generator().manual_seed(SUBSET_SEED))
-    return order[:limit].tolist()
-
-
 def labelled_loader(ctx: EvalContext, split: str, transform, limit: int, root: str = "") -> DataLoader:
     data = ctx.cfg.data if not root else OmegaConf.merge(ctx.cfg.data, {"root": root})
     dataset = build_dataset(data, transform=transform, split=split)
-    indices = subset_indices(len(dataset), limit)
+    indices = evaluation_subset(len(dataset), limit)
     return DataLoader(
         Subset(dataset, indices),
         batch_size=ctx.cfg.data.batch_size,
@@ -183,10 +179,6 @@ def labelled_loader(ctx: EvalContext, split: str, transform, limit: int, root: s
         num_workers=ctx.cfg.data.num_workers,
         collate_fn=collate_samples,
     )
-
-
-def _nchw_uint8(normalised: torch.Tensor) -> torch.Tensor:
-    return to_uint8(normalised.float().cpu()).permute(0, 3, 1, 2).contiguous()
 
 
 # ----------------------------------------------------------------------------- generation
@@ -228,7 +220,7 @@ def evaluation_reference(ctx: EvalContext, need_features: bool):
     ctx.inception()  # sets ctx.extractor, part of the cache key
     size = ctx.cfg.data.image_size
     dataset = build_dataset(ctx.cfg.data, transform=CenterCropNormalize(size), split=ctx.cfg.data.split)
-    indices = subset_indices(len(dataset), gen.num_reference)
+    indices = evaluation_subset(len(dataset), gen.num_reference)
     key = json.dumps(
         [dataset_fingerprint(dataset), size, len(indices), SUBSET_SEED, ctx.extractor], sort_keys=True
     )
@@ -240,7 +232,7 @@ def evaluation_reference(ctx: EvalContext, need_features: bool):
     def reference_images():
         loader = labelled_loader(ctx, ctx.cfg.data.split, CenterCropNormalize(size), gen.num_reference)
         for batch in loader:
-            yield _nchw_uint8(batch["image"])
+            yield uint8_nchw(batch["image"])
 
     reference = prepare_reference(
         reference_images(),
@@ -479,10 +471,6 @@ def _sample_grid(ctx: EvalContext, samples: Path) -> None:
 
 @torch.no_grad()
 def evaluate_reconstruction_part(ctx: EvalContext) -> None:
-    from vtp_gen.metrics.features import extract_features
-    from vtp_gen.metrics.generation import FeatureStatistics, frechet_distance
-    from vtp_gen.metrics.reconstruction import ReconstructionMetrics
-
     rc, tokenizer = ctx.cfg.reconstruction, ctx.tokenizer
     if tokenizer.pixel_decoder is None:
         ctx.notes.append("reconstruction: skipped (the tokenizer has no pixel decoder)")
@@ -493,7 +481,6 @@ def evaluate_reconstruction_part(ctx: EvalContext) -> None:
         from vtp_gen.pretrained.lpips import build_lpips_vgg
 
         lpips = build_lpips_vgg(ctx.cfg.lpips_weights or None, device=ctx.device)
-    accumulator = ReconstructionMetrics(lpips=lpips, inception=None, device=ctx.device)
     loader = labelled_loader(ctx, ctx.cfg.data.split, CenterCropNormalize(size), rc.num_images)
     # rFID reuses the reference features when these images are its first ones (same split, crop, order).
     reuse = (
@@ -503,56 +490,33 @@ def evaluate_reconstruction_part(ctx: EvalContext) -> None:
         and ctx.reference_indices is not None
         and ctx.reference_indices[: len(loader.dataset)] == list(loader.dataset.indices)
     )
-    originals_features, recon_features, grid = [], [], None
-    for batch in tqdm(loader, desc="reconstruction", disable=not ctx.progress, leave=False):
-        images = batch["image"].to(ctx.device)
-        decoded = tokenizer.get_latents_decoded_images(tokenizer.get_reconstruction_latents(images))
-        original, reconstruction = _nchw_uint8(images), _nchw_uint8(decoded)
-        accumulator.update(original, reconstruction)
-        if rc.rfid:
-            recon_features.append(extract_features(reconstruction, ctx.inception(), progress=False))
-            if not reuse:
-                originals_features.append(extract_features(original, ctx.inception(), progress=False))
-        if grid is None and rc.grid_images > 0:
-            n = min(rc.grid_images, len(original))
-            grid = torch.cat([original[:n], reconstruction[:n]])
-    result = accumulator.compute()
-    n = result["num_images"]
-    protocol = Protocol(f"{ctx.dataset_name} {ctx.cfg.data.split}", size, n)
-    if rc.rfid:
-        if n < 2:
-            raise ValueError("rFID needs at least 2 images")
-        originals = ctx.reference.features[:n] if reuse else np.concatenate(originals_features)
-        rfid = frechet_distance(
-            FeatureStatistics.from_features(originals),
-            FeatureStatistics.from_features(np.concatenate(recon_features)),
+    report = evaluate_reconstruction(
+        tokenizer,
+        (batch["image"] for batch in loader),
+        ctx.device,
+        lpips=lpips,
+        feature_network=ctx.inception() if rc.rfid else None,
+        reference_features=ctx.reference.features if reuse else None,
+        grid_images=rc.grid_images,
+        progress=ctx.progress,
+    )
+    result = report.metrics
+    protocol = Protocol(f"{ctx.dataset_name} {ctx.cfg.data.split}", size, result["num_images"])
+    if "rfid" in result:
+        features_protocol = Protocol(
+            protocol.dataset,
+            size,
+            result["num_images"],
+            reference=RECONSTRUCTION_REFERENCE,
+            features=ctx.extractor,
         )
-        ctx.records.append(
-            MetricRecord(
-                "rfid",
-                rfid,
-                Protocol(
-                    protocol.dataset, size, n, reference=RECONSTRUCTION_REFERENCE, features=ctx.extractor
-                ),
-            )
-        )
+        ctx.records.append(MetricRecord("rfid", result["rfid"], features_protocol))
     ctx.records.append(MetricRecord("psnr", result["psnr"], protocol))
     ctx.records.append(MetricRecord("ssim", result["ssim"], protocol))
     if "lpips" in result:
         ctx.records.append(MetricRecord("lpips", result["lpips"], protocol, extra={"network": "vgg, v0.1"}))
-    if grid is not None:
-        from vtp_gen.data.images import save_grid
-
-        upscale = max(1, 64 // grid.shape[-1])
-        if upscale > 1:
-            grid = torch.nn.functional.interpolate(grid.float(), scale_factor=upscale, mode="nearest").to(
-                torch.uint8
-            )
-        path = save_grid(
-            grid.permute(0, 2, 3, 1).numpy(),
-            ctx.folder / "images" / "reconstructions.png",
-            nrow=len(grid) // 2,
-        )
+    if report.grid is not None:
+        path = save_reconstruction_grid(report.grid, ctx.folder / "images" / "reconstructions.png")
         ctx.images.append(
             ReportImage("Reconstructions", path, "Top row: originals; bottom row: reconstructions.")
         )
@@ -680,32 +644,24 @@ def evaluate_probe_part(ctx: EvalContext) -> None:
 
 
 def evaluate_zero_shot_part(ctx: EvalContext) -> None:
-    from vtp_gen.data.text_tokenizer import CLIPTextTokenizer
-    from vtp_gen.metrics.templates import zero_shot_setup
-    from vtp_gen.metrics.zero_shot import zero_shot_accuracy
-
     zs, tokenizer = ctx.cfg.zero_shot, ctx.tokenizer
     if tokenizer.text is None:
         ctx.notes.append("zero-shot: skipped (the tokenizer has no text tower, e.g. an AE-only run)")
         log.info(ctx.notes[-1])
         return
-    classes = zs.classes or ("fashion_mnist" if ctx.cfg.data.source == "fashion_mnist" else "imagenet")
-    class_names, templates = zero_shot_setup(classes)
     size = zs.image_size or ctx.cfg.data.image_size
     loader = labelled_loader(ctx, ctx.cfg.data.split, build_transform(zs.transform, size), zs.num_images)
-    result = zero_shot_accuracy(
-        tokenizer,
-        CLIPTextTokenizer.from_config(tokenizer.config),
-        class_names,
-        templates,
-        loader,
-        ctx.device,
-        ctx.progress,
-    )
+    classes = zero_shot_classes(ctx.cfg.data.source, loader.dataset.dataset, zs.classes)
+    if classes is None:
+        ctx.notes.append("zero-shot: skipped (no class names for this data; set zero_shot.classes)")
+        log.info(ctx.notes[-1])
+        return
+    class_names, templates = classes
+    result = evaluate_tokenizer_zero_shot(tokenizer, loader, class_names, templates, ctx.device, ctx.progress)
     prompts = (
         "80 OpenAI templates, OpenCLIP class names"
-        if classes == "imagenet"
-        else f"{len(templates)} {classes} templates, {len(class_names)} classes"
+        if len(class_names) == 1000
+        else f"{len(templates)} templates, {len(class_names)} classes"
     )
     protocol = Protocol(
         f"{ctx.dataset_name} {ctx.cfg.data.split}",
@@ -763,8 +719,12 @@ def _timed(ctx: EvalContext, name: str, part) -> None:
     output_folder,
     on_stop="samples and reference features made so far are kept; rerun the same command to go on",
 )
-def run(cfg: DictConfig) -> dict:
-    """Evaluate the run; returns the metrics.json payload's parts (records, report path, timings)."""
+def run(cfg: DictConfig, feature_network: tuple[torch.nn.Module, str] | None = None) -> dict:
+    """Evaluate the run; returns the metrics.json payload's parts (records, report path, timings).
+
+    ``feature_network``: (network, extractor name) of every FID instead of the FID
+    Inception (uint8 (N, 3, H, W) -> features); the name is recorded with the numbers.
+    """
     from vtp_gen.interop.vtp import load_tokenizer
 
     started = time.time()
@@ -774,6 +734,7 @@ def run(cfg: DictConfig) -> dict:
     torch.manual_seed(cfg.run.seed)
     tokenizer_path = _resolve_optional(cfg.tokenizer, run_root(cfg) / "stage1" / "tokenizer", "tokenizer")
     ctx = EvalContext(cfg, folder, resolve_device(cfg.device), default_dataset_name(cfg), tokenizer_path)
+    ctx.feature_network = feature_network
     if tokenizer_path is not None:
         ctx.tokenizer = load_tokenizer(tokenizer_path, device=ctx.device)
     else:

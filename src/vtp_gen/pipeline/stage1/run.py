@@ -22,7 +22,6 @@ import dataclasses
 import itertools
 import json
 import math
-import re
 import shutil
 import time
 import warnings
@@ -39,8 +38,15 @@ from vtp_gen.data.build import build_dataset
 from vtp_gen.data.decode import collate_samples
 from vtp_gen.data.multicrop import MultiCropAugmentation, MultiCropCollate
 from vtp_gen.data.text_tokenizer import CLIPTextTokenizer
-from vtp_gen.data.transforms import CenterCropNormalize, denormalize, to_uint8
+from vtp_gen.data.transforms import CenterCropNormalize
 from vtp_gen.interop.vtp import load_tokenizer
+from vtp_gen.metrics.tokenizer import (
+    evaluate_reconstruction,
+    evaluate_tokenizer_zero_shot,
+    evaluation_subset,
+    save_reconstruction_grid,
+    zero_shot_classes,
+)
 from vtp_gen.models.registry import create_model
 from vtp_gen.models.tokenizer import VTPModel
 from vtp_gen.pipeline.run_dir import prepare_run_dir, run_root
@@ -325,47 +331,25 @@ def finetune_decoder(cfg: DictConfig, folder: Path, model: VTPModel | None) -> N
 # ---------------------------------------------------------------------- evaluation
 @torch.no_grad()
 def evaluate_tokenizer(cfg: DictConfig, tokenizer: VTPModel, images_dir: Path) -> dict:
-    """Held-out reconstruction L1 / PSNR / SSIM, a reconstruction grid, and zero-shot accuracy (when CLIP was trained).
+    """Held-out reconstruction PSNR / SSIM / L1, a reconstruction grid, and zero-shot accuracy (when CLIP was trained).
 
-    PSNR and SSIM come from :mod:`vtp_gen.metrics.reconstruction` (8-bit pixels,
-    as reported for tokenizers); L1 is the mean absolute error in [0, 1]; the
-    zero-shot protocol is :mod:`vtp_gen.metrics.zero_shot`.
+    The same evaluator as ``make eval`` (:mod:`vtp_gen.metrics.tokenizer`), on
+    the same kind of subset (:func:`~vtp_gen.metrics.tokenizer.evaluation_subset`),
+    without the networks of LPIPS and rFID (``make eval`` adds them).
     """
-    from vtp_gen.metrics.reconstruction import ReconstructionMetrics
-
     ev = cfg.evaluation
     data = evaluation_data(cfg)
     dataset = build_dataset(data, transform=CenterCropNormalize(data.image_size), with_captions=False)
     out: dict = {"source": data.source, "split": data.split}
     if tokenizer.pixel_decoder is not None:
-        limit = _limit(dataset, ev.reconstruction_images)
-        metrics, l1_sum, grid = ReconstructionMetrics(), 0.0, None
-        for batch in _batches(dataset, limit, ev.batch_size):
-            decoded = tokenizer.decode(tokenizer.encode_latents(batch["image"]))
-            originals_01, decoded_01 = (denormalize(x).clamp(0, 1) for x in (batch["image"], decoded))
-            l1_sum += (decoded_01 - originals_01).abs().mean(dim=(1, 2, 3)).sum().item()
-            metrics.update(*(to_uint8(x).permute(0, 3, 1, 2) for x in (batch["image"], decoded)))
-            if grid is None:
-                count = min(ev.grid_images, len(decoded))
-                grid = torch.cat([batch["image"][:count], decoded[:count]])
-        result = metrics.compute()
-        out["reconstruction"] = {**result, "l1": l1_sum / result["num_images"]}
-        save_reconstruction_grid(grid, images_dir / "reconstructions.png", columns=grid.shape[0] // 2)
-    zero_shot = zero_shot_prompts(cfg, dataset)
-    if tokenizer.text is not None and zero_shot is not None:
-        from vtp_gen.metrics.zero_shot import zero_shot_accuracy
-
-        class_names, templates = zero_shot
-        limit = _limit(dataset, ev.zero_shot_images)
-        result = zero_shot_accuracy(
-            tokenizer,
-            CLIPTextTokenizer(tokenizer.config.text_context_length),
-            list(class_names),
-            templates,
-            _batches(dataset, limit, ev.batch_size),
-            progress=False,
-        )
-        out["zero_shot"] = {**result, "chance": 100.0 / len(class_names)}
+        batches = (batch["image"] for batch in _batches(dataset, ev.reconstruction_images, ev.batch_size))
+        report = evaluate_reconstruction(tokenizer, batches, grid_images=ev.grid_images)
+        out["reconstruction"] = report.metrics
+        save_reconstruction_grid(report.grid, images_dir / "reconstructions.png")
+    classes = zero_shot_classes(data.source, dataset)
+    if tokenizer.text is not None and classes is not None:
+        batches = _batches(dataset, ev.zero_shot_images, ev.batch_size)
+        out["zero_shot"] = evaluate_tokenizer_zero_shot(tokenizer, batches, *classes)
     return out
 
 
@@ -378,47 +362,18 @@ def evaluation_data(cfg: DictConfig) -> DictConfig:
     return OmegaConf.merge(cfg.data, changes)
 
 
-def _limit(dataset, wanted: int) -> int:
+def _batches(dataset, wanted: int, batch_size: int):
+    """Batches of the evaluation subset: ``evaluation_subset`` of a map-style set, the first ``wanted`` of a stream."""
     if isinstance(dataset, IterableDataset):
         if not wanted:
             raise ValueError("evaluating on a stream needs a number of images (evaluation.*_images > 0)")
-        return wanted
-    return min(wanted or len(dataset), len(dataset))
-
-
-def zero_shot_prompts(cfg: DictConfig, dataset):
-    """(class names, templates) for the held-out set, or None when it has no class names."""
-    from vtp_gen.metrics.templates import openai_imagenet_templates, zero_shot_setup
-
-    if evaluation_data(cfg).source == "fashion_mnist":
-        return zero_shot_setup("fashion_mnist")
-    folders = getattr(dataset, "classes", None) or []
-    if len(folders) == 1000 and all(re.fullmatch(r"n\d{8}", f) for f in folders):
-        return zero_shot_setup("imagenet")  # the ImageNet synset folders, in their sorted order
-    class_names = getattr(dataset, "class_names", None)
-    return (class_names, openai_imagenet_templates()) if class_names else None
-
-
-def _batches(dataset, limit: int, batch_size: int):
-    """Batches of the first ``limit`` samples (map-style or stream); skipped samples are dropped."""
-    items = (
-        itertools.islice(iter(dataset), limit)
-        if isinstance(dataset, IterableDataset)
-        else (dataset[i] for i in range(limit))
-    )
+        items = itertools.islice(iter(dataset), wanted)
+    else:
+        items = (dataset[i] for i in evaluation_subset(len(dataset), wanted))
     while chunk := list(itertools.islice(items, batch_size)):
         batch = collate_samples(chunk)
-        if batch["size"]:
+        if batch["size"]:  # skipped (unreadable) samples are dropped
             yield batch
-
-
-def save_reconstruction_grid(images: torch.Tensor, path: Path, columns: int, upscale: int = 2) -> Path:
-    """Originals (top row) above their reconstructions (bottom row); small images are enlarged for viewing."""
-    from vtp_gen.data.images import save_grid
-
-    if upscale > 1:
-        images = torch.nn.functional.interpolate(images, scale_factor=upscale, mode="nearest")
-    return save_grid(images, path, nrow=columns, normalized=True)
 
 
 def final_values(metrics: dict[str, list[tuple[int, float]]], prefix: str, window: int = 20) -> dict:
