@@ -18,6 +18,8 @@ import webdataset as wds
 from tqdm import tqdm
 
 from vtp_gen.data.decode import Skipped
+from vtp_gen.data.fashion_mnist import FashionMNIST
+from vtp_gen.data.image_folder import LabelledImageFolder
 from vtp_gen.data.transforms import center_crop_arr
 from vtp_gen.utils.atomic import write_json_atomic
 
@@ -77,8 +79,6 @@ def shard_pattern(paths: list[Path]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from vtp_gen.data.fashion_mnist import FashionMNIST
-    from vtp_gen.data.image_folder import LabelledImageFolder
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

@@ -26,6 +26,10 @@ from pathlib import Path
 import torch
 
 from vtp_gen.data.fashion_mnist import CLASS_NAMES as FASHION_MNIST_CLASSES
+from vtp_gen.data.images import save_grid
+from vtp_gen.interop.diffusers import VTPPipeline, build_pipeline, pipeline_sampling
+from vtp_gen.interop.generators import load_generator
+from vtp_gen.interop.vtp import load_tokenizer
 from vtp_gen.latents.dataset import LatentStats
 from vtp_gen.latents.manifest import STATS_FILE, read_manifest
 
@@ -108,9 +112,6 @@ def export_run(
     ``overrides``: ``build_pipeline`` keyword arguments that replace the recipe's
     (``shift``, ``num_inference_steps``, ``guidance_scale``, ...).
     """
-    from vtp_gen.interop.diffusers import build_pipeline, pipeline_sampling
-    from vtp_gen.interop.generators import load_generator
-    from vtp_gen.interop.vtp import load_tokenizer
 
     run = Path(run) if run is not None else None
     if generator is None:
@@ -170,8 +171,6 @@ def write_grid(
 
     ``guidance_scale`` None = the pipeline's default (the recipe's).
     """
-    from vtp_gen.data.images import save_grid
-    from vtp_gen.interop.diffusers import VTPPipeline
 
     pipe = VTPPipeline.from_pretrained(str(folder))
     num_classes = pipe.transformer.config.num_classes

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from vtp_gen.utils.atomic import write_json_atomic
+
 FORMAT_NAME = "vtp_gen.latent_cache"
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -256,7 +258,6 @@ class ShardStamps:
     def save(self) -> None:
         if not self.changed:
             return
-        from vtp_gen.utils.atomic import write_json_atomic
 
         try:
             write_json_atomic(self.folder / VERIFIED_FILE, {"shards": self.shards})

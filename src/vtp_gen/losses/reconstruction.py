@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from vtp_gen.data.transforms import denormalize
+from vtp_gen.pretrained.lpips import build_lpips_vgg
 
 
 def imagenet_to_unit_range(images: Tensor) -> Tensor:
@@ -28,7 +29,6 @@ def imagenet_to_unit_range(images: Tensor) -> Tensor:
 
 
 def _default_lpips() -> nn.Module:
-    from vtp_gen.pretrained.lpips import build_lpips_vgg
 
     return build_lpips_vgg()
 

@@ -31,6 +31,7 @@ import torch
 from vtp_gen.interop.adm_npz import adm_npz_keys
 from vtp_gen.metrics.features import FeatureNetwork, extract_features, network_device
 from vtp_gen.metrics.images import ImageSource
+from vtp_gen.pretrained.inception import FIDInceptionV3, MissingClassifierError, build_fid_inception
 from vtp_gen.utils.atomic import atomic_output
 
 INCEPTION_EXTRACTOR = "inception-v3-compat/pool3"
@@ -400,7 +401,6 @@ def evaluate_generation(
     ``skip_unavailable=True`` records the reason under ``"unavailable"`` and
     reports no number. ``kid_subset_size`` is capped at the set sizes.
     """
-    from vtp_gen.pretrained.inception import FIDInceptionV3, MissingClassifierError, build_fid_inception
 
     unknown = sorted(set(metrics) - set(GENERATION_METRICS))
     if unknown:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vtp_gen.data.decode import Skipped, decode_image
 from vtp_gen.interop.adm_npz import adm_npz_image_count, iter_adm_npz_images
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -63,7 +64,6 @@ def list_image_files(folder: str | os.PathLike) -> list[Path]:
 
 
 def _read_image(path: Path) -> np.ndarray:
-    from vtp_gen.data.decode import Skipped, decode_image
 
     decoded = decode_image(path.read_bytes(), key=str(path))
     if isinstance(decoded, Skipped):

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from vtp_gen.data.fashion_mnist import CLASS_NAMES
+
 Template = str | Callable[[str], str]
 
 # Official Fashion-MNIST label names, in label order.
@@ -45,7 +47,6 @@ FASHION_MNIST_TEMPLATES = (
 
 def fashion_mnist_class_names() -> tuple[str, ...]:
     """Prompt-friendly names, the same words the embedded set's captions use."""
-    from vtp_gen.data.fashion_mnist import CLASS_NAMES
 
     return tuple(CLASS_NAMES)
 

@@ -24,11 +24,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from vtp_gen.data.images import save_grid
+from vtp_gen.data.text_tokenizer import CLIPTextTokenizer
 from vtp_gen.data.transforms import to_uint8
 from vtp_gen.metrics.features import extract_features
 from vtp_gen.metrics.generation import FeatureStatistics, frechet_distance
 from vtp_gen.metrics.reconstruction import ReconstructionMetrics
 from vtp_gen.metrics.templates import Template, openai_imagenet_templates, zero_shot_setup
+from vtp_gen.metrics.zero_shot import zero_shot_accuracy
 
 SUBSET_SEED = 0
 
@@ -142,8 +145,6 @@ def evaluate_tokenizer_zero_shot(
     progress: bool = False,
 ) -> dict[str, float | int]:
     """CLIP zero-shot top-1 / top-5 (percent) of the tokenizer's image and text towers, and chance level."""
-    from vtp_gen.data.text_tokenizer import CLIPTextTokenizer
-    from vtp_gen.metrics.zero_shot import zero_shot_accuracy
 
     if tokenizer.text is None:
         raise ValueError("the tokenizer has no text tower (e.g. an AE-only run): no zero-shot accuracy")
@@ -161,7 +162,6 @@ def evaluate_tokenizer_zero_shot(
 
 def save_reconstruction_grid(grid: torch.Tensor, path, min_side: int = 64):
     """A report's grid as a PNG: originals (top row) above their reconstructions; small images enlarged."""
-    from vtp_gen.data.images import save_grid
 
     upscale = max(1, min_side // grid.shape[-1])
     if upscale > 1:

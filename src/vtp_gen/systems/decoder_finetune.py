@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from vtp_gen.interop.vtp import save_pretrained
 from vtp_gen.losses import AdversarialLoss, ReconstructionLoss, schedules
 from vtp_gen.models.tokenizer import VTPModel
 from vtp_gen.systems.clipping import clip_gradients_
@@ -149,6 +150,5 @@ class DecoderFinetune(AccountsForData, L.LightningModule):
 
     def export_tokenizer(self, directory: str | Path) -> Path:
         """The tokenizer with its fine-tuned decoder (no discriminator) in the official VTP layout."""
-        from vtp_gen.interop.vtp import save_pretrained
 
         return save_pretrained(self.model, directory)

@@ -41,6 +41,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from vtp_gen.interop.vtp import save_pretrained
 from vtp_gen.losses import (
     CLIPLoss,
     DINOLoss,
@@ -372,6 +373,5 @@ class TokenizerPretraining(ClipsGradients, AccountsForData, L.LightningModule):
     # ------------------------------------------------------------------ export
     def export_tokenizer(self, directory: str | Path) -> Path:
         """The tokenizer alone (no teacher, no DINO head) in the official VTP layout."""
-        from vtp_gen.interop.vtp import save_pretrained
 
         return save_pretrained(self.model, directory)

@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vtp_gen.data.fashion_mnist import CLASS_NAMES, FashionMNIST
+from vtp_gen.data.text_tokenizer import CLIPTextTokenizer
 from vtp_gen.data.transforms import normalize
 
 JUDGE_SIZE = 28  # the judge reads Fashion-MNIST's own resolution; samples are resized to it
@@ -138,7 +139,6 @@ def agreement(judge: GarmentJudge, pixels: np.ndarray, targets: Sequence[int]) -
 @torch.no_grad()
 def clip_score(tokenizer: nn.Module, pixels: np.ndarray, prompts: Sequence[str], batch: int = 250) -> float:
     """Mean 100 x max(cos, 0) between the tokenizer's CLIP image and text embeddings."""
-    from vtp_gen.data.text_tokenizer import CLIPTextTokenizer
 
     bpe = CLIPTextTokenizer.from_config(tokenizer.config)
     device = next(tokenizer.parameters()).device

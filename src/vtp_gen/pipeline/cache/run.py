@@ -21,6 +21,7 @@ import torch
 from lightning.pytorch.accelerators import CPUAccelerator
 from omegaconf import DictConfig
 
+from vtp_gen import load_tokenizer
 from vtp_gen.config import save_config
 from vtp_gen.data.build import build_dataset
 from vtp_gen.data.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -224,8 +225,6 @@ def run(cfg: DictConfig) -> CacheResult:
     encoded, seconds, cpu_seconds = 0, 0.0, 0.0
     is_global_zero = True
     if pending:
-        from vtp_gen import load_tokenizer  # heavy; only when there is work
-
         writer = ShardWriter(
             folder,
             layout,

@@ -37,7 +37,20 @@ from torch.utils.data import DataLoader, Subset
 from vtp_gen.config import save_config
 from vtp_gen.data.build import build_dataset
 from vtp_gen.data.decode import collate_samples
+from vtp_gen.data.images import save_grid
 from vtp_gen.data.transforms import CenterCropNormalize, normalize, pil_to_tensor
+from vtp_gen.interop.vtp import load_tokenizer
+from vtp_gen.latents.manifest import dataset_fingerprint, tokenizer_identity
+from vtp_gen.metrics.generation import INCEPTION_EXTRACTOR, evaluate_generation, prepare_reference
+from vtp_gen.metrics.images import count_images, iter_image_batches
+from vtp_gen.metrics.linear_probe import (
+    bottleneck_features,
+    cached_probe_features,
+    dinov2_feature_sets,
+    extract_probe_features,
+    intermediate_features,
+    train_linear_probes,
+)
 from vtp_gen.metrics.report import (
     RECONSTRUCTION_REFERENCE,
     MetricRecord,
@@ -61,7 +74,16 @@ from vtp_gen.metrics.tokenizer import (
     zero_shot_classes,
 )
 from vtp_gen.pipeline.run_dir import run_root
+from vtp_gen.pipeline.sample import run as sample_run
+from vtp_gen.pipeline.sample.run import load_any_generator
+from vtp_gen.pipeline.stage2.config import SampleConfig, SamplingConfig
+from vtp_gen.pretrained.cache import cache_dir
+from vtp_gen.pretrained.inception import build_fid_inception
+from vtp_gen.pretrained.lpips import build_lpips_vgg
+from vtp_gen.systems.flow_matching import tensor_digest
+from vtp_gen.systems.trainer import csv_logs
 from vtp_gen.utils.log import step_logger
+from vtp_gen.utils.plots import plot_loss_curves, read_metrics
 from vtp_gen.utils.step_guard import guarded_step
 
 log = step_logger("eval")
@@ -112,8 +134,6 @@ def build_feature_network(cfg: DictConfig, device: torch.device) -> tuple[torch.
     channels_last makes it 1.45x faster on CPU with features equal within 4e-6. ``run`` takes
     another network instead (tests pass a small stand-in; its name keeps its numbers apart).
     """
-    from vtp_gen.metrics.generation import INCEPTION_EXTRACTOR
-    from vtp_gen.pretrained.inception import build_fid_inception
 
     network = build_fid_inception(cfg.inception_weights or None, device=device)
     return network.to(memory_format=torch.channels_last), INCEPTION_EXTRACTOR
@@ -186,9 +206,6 @@ def labelled_loader(ctx: EvalContext, split: str, transform, limit: int, root: s
 
 def evaluation_reference(ctx: EvalContext, need_features: bool):
     """The FID reference: an ADM batch / image folder given in the config, or the split's images (cached)."""
-    from vtp_gen.latents.manifest import dataset_fingerprint
-    from vtp_gen.metrics.generation import prepare_reference
-    from vtp_gen.pretrained.cache import cache_dir
 
     gen = ctx.cfg.generation
     if gen.reference:
@@ -250,7 +267,6 @@ def evaluation_reference(ctx: EvalContext, need_features: bool):
 
 def resolved_sampling(cfg: DictConfig, generator: Path | None) -> dict:
     """The sampler: config values, else the one recorded with the generator, else the SamplingConfig defaults."""
-    from vtp_gen.pipeline.stage2.config import SamplingConfig
 
     values = OmegaConf.to_container(OmegaConf.structured(SamplingConfig))
     recorded = _generator_record(generator).get("sampling", {})
@@ -273,8 +289,6 @@ def _made_by(samples: Path, generator: Path | None) -> bool:
     recorded = _samples_record(samples).get("identity", {}).get("generator_sha256")
     if generator is None or not recorded:
         return False
-    from vtp_gen.pipeline.sample.run import load_any_generator
-    from vtp_gen.systems.flow_matching import tensor_digest
 
     return tensor_digest(load_any_generator(generator).state_dict()) == recorded
 
@@ -313,8 +327,6 @@ def ensure_samples(ctx: EvalContext, generator: Path, sampling: dict) -> Path:
     a folder made with other weights or settings is cleared and made again (``overwrite``), since
     these samples belong to this evaluation only.
     """
-    from vtp_gen.pipeline.sample import run as sample_run
-    from vtp_gen.pipeline.stage2.config import SampleConfig
 
     gen = ctx.cfg.generation
     tag = (
@@ -342,8 +354,6 @@ def ensure_samples(ctx: EvalContext, generator: Path, sampling: dict) -> Path:
 
 
 def evaluate_generation_part(ctx: EvalContext) -> None:
-    from vtp_gen.metrics.generation import evaluate_generation
-    from vtp_gen.metrics.images import count_images
 
     gen = ctx.cfg.generation
     generator = _resolve_optional(gen.generator, run_root(ctx.cfg) / "stage2" / "generator", "generator")
@@ -443,15 +453,12 @@ def evaluate_generation_part(ctx: EvalContext) -> None:
 
 
 def _image_side(samples: Path) -> int:
-    from vtp_gen.metrics.images import iter_image_batches
 
     first = next(iter_image_batches(str(samples), 1))
     return int(first.shape[-1])
 
 
 def _sample_grid(ctx: EvalContext, samples: Path) -> None:
-    from vtp_gen.data.images import save_grid
-    from vtp_gen.metrics.images import iter_image_batches
 
     n = ctx.cfg.generation.grid_images
     if n <= 0:
@@ -478,8 +485,6 @@ def evaluate_reconstruction_part(ctx: EvalContext) -> None:
     size = ctx.cfg.data.image_size
     lpips = None
     if rc.lpips:
-        from vtp_gen.pretrained.lpips import build_lpips_vgg
-
         lpips = build_lpips_vgg(ctx.cfg.lpips_weights or None, device=ctx.device)
     loader = labelled_loader(ctx, ctx.cfg.data.split, CenterCropNormalize(size), rc.num_images)
     # rFID reuses the reference features when these images are its first ones (same split, crop, order).
@@ -533,7 +538,6 @@ def probe_feature_fn(tokenizer, protocols, blocks: int):
     bottleneck commutes with the mean over positions. One pass instead of two halves the probe's
     feature cost (tests check equality with the library's own functions).
     """
-    from vtp_gen.metrics.linear_probe import bottleneck_features, intermediate_features
 
     if "dinov2" not in protocols:
         return bottleneck_features(tokenizer)
@@ -550,12 +554,6 @@ def probe_feature_fn(tokenizer, protocols, blocks: int):
 
 
 def evaluate_probe_part(ctx: EvalContext) -> None:
-    from vtp_gen.metrics.linear_probe import (
-        cached_probe_features,
-        dinov2_feature_sets,
-        extract_probe_features,
-        train_linear_probes,
-    )
 
     lp, tokenizer = ctx.cfg.linear_probe, ctx.tokenizer
     unknown = sorted(set(lp.protocols) - {"bottleneck", "dinov2"})
@@ -568,8 +566,6 @@ def evaluate_probe_part(ctx: EvalContext) -> None:
     n_last_blocks = sorted({min(n, depth) for n in lp.n_last_blocks})
     blocks = max(n_last_blocks)
     feature_fn = probe_feature_fn(tokenizer, lp.protocols, blocks)
-
-    from vtp_gen.latents.manifest import tokenizer_identity
 
     digest = tokenizer_identity(ctx.tokenizer_path)["weights_sha256"][:12]
 
@@ -678,8 +674,6 @@ def evaluate_zero_shot_part(ctx: EvalContext) -> None:
 
 def collect_loss_curves(ctx: EvalContext) -> None:
     """Stage 1's loss-curve PNG, and stage 2's curves plotted from its CSV log."""
-    from vtp_gen.systems.trainer import csv_logs
-    from vtp_gen.utils.plots import plot_loss_curves, read_metrics
 
     root = run_root(ctx.cfg)
     stage1 = root / "stage1" / "images" / "loss_curves.png"
@@ -725,7 +719,6 @@ def run(cfg: DictConfig, feature_network: tuple[torch.nn.Module, str] | None = N
     ``feature_network``: (network, extractor name) of every FID instead of the FID
     Inception (uint8 (N, 3, H, W) -> features); the name is recorded with the numbers.
     """
-    from vtp_gen.interop.vtp import load_tokenizer
 
     started = time.time()
     folder = output_folder(cfg)

@@ -28,10 +28,13 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from vtp_gen import load_tokenizer
 from vtp_gen.config import ConfigError
 from vtp_gen.data.images import load_png, save_grid
+from vtp_gen.interop.generators import load_generator
 from vtp_gen.latents.dataset import LatentStats
 from vtp_gen.latents.manifest import STATS_FILE, read_json, tokenizer_identity
+from vtp_gen.models.generators import LightningDiT
 from vtp_gen.pipeline.run_dir import run_root
 from vtp_gen.pipeline.stage2.run import GENERATOR_DIR, RUN_INFO_FILE
 from vtp_gen.pretrained.safe_unpickle import load_tensors_only
@@ -71,7 +74,6 @@ class SampleResult:
 
 def generator_from_checkpoint(checkpoint: dict) -> torch.nn.Module:
     """The EMA generator of a stage-2 training checkpoint (loaded with ``weights_only=True``)."""
-    from vtp_gen.models.generators import LightningDiT
 
     prefix = "ema.module."
     state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
@@ -91,7 +93,6 @@ def load_any_generator(path: Path) -> torch.nn.Module:
             f"generator {path} not found: train one with `make stage2`, or pass generator=PATH (a folder with "
             "config.json + model.safetensors, a .safetensors or .pt reference checkpoint, or a stage-2 .ckpt)"
         )
-    from vtp_gen.interop.generators import load_generator
 
     return load_generator(path)
 
@@ -216,8 +217,6 @@ def run(cfg: DictConfig) -> SampleResult:
     writer = PngWriter(images)
     trainer = build_predict_trainer(cfg, [writer], resolve_precision(cfg))
     if pending:
-        from vtp_gen import load_tokenizer
-
         sampler = LatentSampler(
             generator,
             LatentDecoder(load_tokenizer(tokenizer_path), stats),

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import torch
 from omegaconf import DictConfig
 
+from vtp_gen.pipeline.stage1.run import build_pretraining_data, build_tokenizer
+from vtp_gen.systems.tokenizer_pretraining import TokenizerPretraining
 from vtp_gen.utils.flops import count_flops
 
 
@@ -58,8 +60,6 @@ def pretraining_step_flops(cfg: DictConfig, device: str | torch.device = "cpu") 
     training loop runs it (losses, backward), in fp32; precision changes the
     speed of a FLOP, not the count.
     """
-    from vtp_gen.pipeline.stage1.run import build_pretraining_data, build_tokenizer
-    from vtp_gen.systems.tokenizer_pretraining import TokenizerPretraining
 
     device = torch.device(device)
     model = build_tokenizer(cfg)

@@ -16,6 +16,7 @@ import math
 from pathlib import Path
 
 from vtp_gen.metrics.report import read_metrics_json
+from vtp_gen.pipeline.scaling.plots import pearson
 from vtp_gen.utils.atomic import atomic_output
 
 # Eval metric -> CSV column; percentages (stored as fractions in metrics.json) become percent here.
@@ -161,7 +162,6 @@ def _cell(value, digits: int = 2) -> str:
 def summary_markdown(rows: list[dict], images: list[Path], root: Path) -> str:
     """The rows as a Markdown table, the gFID trend of each preset over its budgets, and the
     correlations the paper's claim is about (probe vs gFID, rFID vs gFID)."""
-    from vtp_gen.pipeline.scaling.plots import pearson
 
     gfid_label = next((r["gfid_label"] for r in rows if r.get("gfid_label")), "gFID")
     rfid_label = next((r["rfid_label"] for r in rows if r.get("rfid_label")), "rFID")

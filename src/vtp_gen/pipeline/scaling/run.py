@@ -30,11 +30,15 @@ import torch
 from omegaconf import DictConfig
 
 from vtp_gen.config import ConfigError, to_dict
+from vtp_gen.pipeline.cache.run import run as run_cache
 from vtp_gen.pipeline.cli import build_config
+from vtp_gen.pipeline.evaluate.run import run as run_eval
 from vtp_gen.pipeline.run_dir import run_root
 from vtp_gen.pipeline.scaling.flops import StepFlops, batches_per_step, pretraining_step_flops, resolve_device
 from vtp_gen.pipeline.scaling.plots import plot_all
 from vtp_gen.pipeline.scaling.results import build_row, summary_markdown, write_csv
+from vtp_gen.pipeline.stage1.run import run as run_stage1
+from vtp_gen.pipeline.stage2.run import run as run_stage2
 from vtp_gen.utils.atomic import write_json_atomic
 from vtp_gen.utils.log import step_logger
 
@@ -225,10 +229,6 @@ def record_point(
 
 def run_steps(configs: dict[str, DictConfig]) -> dict:
     """The point's steps in order, in this process; wall seconds per step."""
-    from vtp_gen.pipeline.cache.run import run as run_cache
-    from vtp_gen.pipeline.evaluate.run import run as run_eval
-    from vtp_gen.pipeline.stage1.run import run as run_stage1
-    from vtp_gen.pipeline.stage2.run import run as run_stage2
 
     runners = {"stage1": run_stage1, "cache": run_cache, "stage2": run_stage2, "eval": run_eval}
     seconds = {}

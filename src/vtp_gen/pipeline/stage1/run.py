@@ -47,8 +47,10 @@ from vtp_gen.metrics.tokenizer import (
     save_reconstruction_grid,
     zero_shot_classes,
 )
+from vtp_gen.models.discriminator import PatchDiscriminator
 from vtp_gen.models.registry import create_model
 from vtp_gen.models.tokenizer import VTPModel
+from vtp_gen.models.tokenizer.blocks import SelfAttentionBlock
 from vtp_gen.pipeline.run_dir import prepare_run_dir, run_root
 from vtp_gen.systems.decoder_finetune import OPTIMIZER_STEPS_PER_STEP, DecoderFinetune
 from vtp_gen.systems.resume import state_dict_mismatch
@@ -159,8 +161,6 @@ def build_finetune_data(cfg: DictConfig, dataset=None) -> Stage1DataModule:
 def tokenizer_block_types() -> tuple[type, ...]:
     """The transformer blocks of the encoder, pixel decoder and text tower: FSDP's and compile's unit."""
     from open_clip.transformer import ResidualAttentionBlock
-
-    from vtp_gen.models.tokenizer.blocks import SelfAttentionBlock
 
     return (SelfAttentionBlock, ResidualAttentionBlock)
 
@@ -280,7 +280,6 @@ def finetune_decoder(cfg: DictConfig, folder: Path, model: VTPModel | None) -> N
     if read_progress(folder).get("finetune_steps") == ft.max_steps and is_complete_tokenizer(target):
         log.info(f"decoder fine-tune already done ({ft.max_steps} steps), using {target}")
         return
-    from vtp_gen.models.discriminator import PatchDiscriminator
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(cfg.run.seed, "discriminator"))

@@ -34,10 +34,14 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from vtp_gen import load_tokenizer
 from vtp_gen.config import ConfigError
+from vtp_gen.interop.generators import save_generator
 from vtp_gen.latents.dataset import LatentDataset
 from vtp_gen.latents.manifest import PROGRESS_DIR, SHARD_PATTERN, STATS_FILE, is_complete, read_manifest
 from vtp_gen.models.registry import UnknownModelError, get_factory
+from vtp_gen.pipeline.cache.config import CacheConfig
+from vtp_gen.pipeline.cache.run import run as run_cache
 from vtp_gen.pipeline.run_dir import prepare_run_dir, run_root
 from vtp_gen.systems.flow_matching import AdamWSettings, LatentFlowMatching
 from vtp_gen.systems.latent_data import LatentDataModule, cache_labels, count_classes, latent_shape
@@ -102,8 +106,6 @@ def ensure_latent_cache(cfg: DictConfig) -> Path:
             f"no complete latent cache in {folder}, and this is a multi-process launch: make the cache first "
             "with `make cache` (every GPU encodes its own shards), then start stage 2"
         )
-    from vtp_gen.pipeline.cache.config import CacheConfig
-    from vtp_gen.pipeline.cache.run import run as run_cache
 
     cache_cfg = OmegaConf.structured(CacheConfig)
     cache_cfg.run = cfg.run
@@ -240,7 +242,6 @@ def preview_callback(cfg: DictConfig, folder: Path, latents: LatentDataset, num_
     stats = latents.stats
 
     def make_decoder() -> LatentDecoder:
-        from vtp_gen import load_tokenizer
 
         return LatentDecoder(load_tokenizer(tokenizer_folder(cfg)), stats)
 
@@ -318,7 +319,6 @@ def export_generator(
     system: LatentFlowMatching, folder: Path, cfg: DictConfig, cache: Path, step: int
 ) -> Path:
     """``generator/``: EMA weights (what samples) in the reference layout, stats and recipe beside them."""
-    from vtp_gen.interop.generators import save_generator
 
     target = folder / GENERATOR_DIR
     tmp = folder / f".{GENERATOR_DIR}.tmp"

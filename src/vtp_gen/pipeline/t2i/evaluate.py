@@ -14,9 +14,12 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from vtp_gen import load_tokenizer
 from vtp_gen.config import ConfigError
 from vtp_gen.data.fashion_mnist import FashionMNIST
 from vtp_gen.data.images import save_png
+from vtp_gen.latents.encode import CenterCropUint8
+from vtp_gen.metrics.generation import evaluate_generation
 from vtp_gen.pipeline.run_dir import run_root
 from vtp_gen.pipeline.sample.run import (
     load_any_generator,
@@ -77,7 +80,6 @@ def text_samples(
 
 
 def fid(samples: np.ndarray, real: np.ndarray, device) -> float:
-    from vtp_gen.metrics.generation import evaluate_generation
 
     result = evaluate_generation(samples, real, metrics=("fid",), device=device, progress=False)
     return round(float(result["fid"]), 3)
@@ -92,7 +94,6 @@ def run(cfg: DictConfig) -> dict:
     generator_path = Path(cfg.generator) if cfg.generator else run_root(cfg) / RUN_STEP / GENERATOR_DIR
     generator = load_text_generator(generator_path).to(device)
     info = run_info(generator_path)
-    from vtp_gen import load_tokenizer
 
     tokenizer = load_tokenizer(resolve_tokenizer(cfg, info)).to(device).eval()
     stats_cfg = OmegaConf.create({"latent_stats": ""})
@@ -148,7 +149,6 @@ def run(cfg: DictConfig) -> dict:
             log.info(f"no class-conditional generator at {class_path}: no yardstick")
     if cfg.fid_real_images > 0:
         real = FashionMNIST(None, "test", max_samples=cfg.fid_real_images)
-        from vtp_gen.latents.encode import CenterCropUint8
 
         size = pixels.shape[1]
         crop = CenterCropUint8(size)

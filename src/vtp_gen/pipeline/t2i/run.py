@@ -21,16 +21,18 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from vtp_gen import load_tokenizer
 from vtp_gen.config import ConfigError
+from vtp_gen.data.build import build_dataset
+from vtp_gen.interop.generators import save_generator
 from vtp_gen.latents.dataset import LatentDataset
-from vtp_gen.latents.manifest import STATS_FILE
+from vtp_gen.latents.manifest import STATS_FILE, dataset_fingerprint
 from vtp_gen.models.registry import create_model
 from vtp_gen.pipeline.run_dir import prepare_run_dir
 from vtp_gen.pipeline.stage2.run import (
     RUN_INFO_FILE,
     SUMMARY_FILE,
     SpeedMeter,
-    _say,
     check_ranks_agree,
     ensure_latent_cache,
     open_latents,
@@ -48,6 +50,9 @@ from vtp_gen.t2i.system import CaptionFeatureBank, TextFlowMatching
 from vtp_gen.t2i.text_features import CaptionEncoder
 from vtp_gen.transport import Transport
 from vtp_gen.utils.atomic import write_json_atomic
+from vtp_gen.utils.log import step_logger
+
+log = step_logger("t2i")
 
 RUN_STEP = "t2i"
 GENERATOR_DIR = "generator"
@@ -67,11 +72,9 @@ def ensure_captions(cfg: DictConfig, cache: Path) -> Path:
         return path
     if not cfg.text.write_captions:
         raise FileNotFoundError(f"{path} not found and text.write_captions=false")
-    from vtp_gen.data.build import build_dataset
-    from vtp_gen.latents.manifest import dataset_fingerprint
 
     dataset = build_dataset(cfg.data, with_captions=True)
-    _say(f"writing the captions of {len(dataset)} images -> {path}")
+    log.info(f"writing the captions of {len(dataset)} images -> {path}")
     return write_captions(cache, dataset_captions(dataset), dataset_fingerprint(dataset))
 
 
@@ -117,7 +120,6 @@ def build_text_system(cfg: DictConfig, model: torch.nn.Module, bank: CaptionFeat
 def export_text_generator(
     system: TextFlowMatching, folder: Path, cfg: DictConfig, cache: Path, step: int
 ) -> Path:
-    from vtp_gen.interop.generators import save_generator
 
     target = folder / GENERATOR_DIR
     tmp = folder / f".{GENERATOR_DIR}.tmp"
@@ -163,7 +165,6 @@ def preview_callback(cfg, folder, latents, tokenizer, encoder) -> PromptGridCall
 
 def run(cfg: DictConfig, callbacks: list | None = None) -> T2IResult:
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-    from vtp_gen import load_tokenizer
 
     cache = ensure_latent_cache(cfg)
     latents = open_latents(cfg, cache)
@@ -178,7 +179,7 @@ def run(cfg: DictConfig, callbacks: list | None = None) -> T2IResult:
     channels, size, _ = latent_shape(latents)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     table = "precomputed" if bank.table is not None else "encoded per batch"
-    _say(
+    log.info(
         f"{cfg.model.name}: {n_params / 1e6:.2f}M parameters on {channels}x{size}x{size} latents; "
         f"{len(latents)} latents, {len(captions.captions)} distinct captions (features {table})"
     )
@@ -195,7 +196,7 @@ def run(cfg: DictConfig, callbacks: list | None = None) -> T2IResult:
     own_callbacks = [speed, preview] if preview else [speed]
     resume = find_resume_checkpoint(folder / "checkpoints")
     if resume is not None:
-        _say(f"resuming from {resume}")
+        log.info(f"resuming from {resume}")
         keep_csv_history(folder / "logs")
     trainer = build_trainer(
         cfg.trainer, folder, callbacks=[*own_callbacks, *(callbacks or [])], use_distributed_sampler=False
@@ -224,6 +225,6 @@ def run(cfg: DictConfig, callbacks: list | None = None) -> T2IResult:
     }
     write_json_atomic(folder / SUMMARY_FILE, summary)
     rate = f", {summary['steps_per_sec']:.2f} steps/s" if summary["steps_per_sec"] else ""
-    _say(f"done at step {trainer.global_step}{rate}; generator -> {generator}")
+    log.info(f"done at step {trainer.global_step}{rate}; generator -> {generator}")
     sys.stdout.flush()
     return T2IResult(folder, generator, summary)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from vtp_gen import load_tokenizer
 from vtp_gen.config import ConfigError
 from vtp_gen.data.images import load_png, save_png
 from vtp_gen.latents.manifest import tokenizer_identity
@@ -125,8 +126,6 @@ def run(cfg: DictConfig) -> PromptSampleResult:
     log.info(f"{len(prompts)} prompts x {cfg.per_prompt} ({len(pending)} to make) -> {folder}")
     written = 0
     if pending:
-        from vtp_gen import load_tokenizer
-
         device = pick_device(cfg.accelerator)
         tokenizer = load_tokenizer(tokenizer_path)
         encoder = CaptionEncoder.from_tokenizer(tokenizer).to(device)
