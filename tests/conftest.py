@@ -7,19 +7,36 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# Golden checkpoints and outputs of the reference implementations, kept with the tests (see its README).
+REFERENCE_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "reference"
+# Every file a test reads, by folder: all of them must be there, or the tests that use them fail.
+_CHECKPOINT_AND_GOLDEN = ["config.json", "model.safetensors", "golden_outputs.safetensors"]
+REFERENCE_FILES = {
+    "vtp_tiny_default": [*_CHECKPOINT_AND_GOLDEN, "golden_texts.json"],
+    "vtp_tiny_ls_qknorm": [*_CHECKPOINT_AND_GOLDEN, "golden_texts.json"],
+    "lightningdit_tiny": [*_CHECKPOINT_AND_GOLDEN, "golden_sampler.safetensors", "sampler_settings.json"],
+    "lightningdit_tiny_qknorm_p2": _CHECKPOINT_AND_GOLDEN,
+    "dit_tiny": _CHECKPOINT_AND_GOLDEN,
+}
 
 
 def reference_fixtures_dir() -> Path:
-    return Path(
-        os.environ.get("VTP_GEN_REFERENCE_FIXTURES", REPO_ROOT.parent / "shared" / "fixtures" / "reference")
-    )
+    """tests/fixtures/reference, or the folder named by $VTP_GEN_REFERENCE_FIXTURES."""
+    return Path(os.environ.get("VTP_GEN_REFERENCE_FIXTURES") or REFERENCE_FIXTURES)
 
 
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
+    """The reference fixtures folder; a missing file is a failure of every test that asks for it, never a skip."""
     d = reference_fixtures_dir()
-    if not d.is_dir():
-        pytest.skip(f"reference fixtures not found at {d} (set VTP_GEN_REFERENCE_FIXTURES)")
+    missing = [
+        f"{name}/{file}"
+        for name, files in REFERENCE_FILES.items()
+        for file in files
+        if not (d / name / file).is_file()
+    ]
+    if missing:
+        pytest.fail(f"reference fixtures missing in {d}: {', '.join(missing)}", pytrace=False)
     return d
 
 
