@@ -42,37 +42,19 @@ def reference_dir() -> Path:
 
 # ----------------------------------------------------------------------------- fault injection
 # `make test-faults` runs every test that injects a fault (marker `faults`, slow ones included) and
-# prints how many of each kind passed. Whole files that are about faults are marked here; single
-# tests elsewhere carry @pytest.mark.faults themselves.
-FAULT_FILES = {
-    "test_stage1_resume.py": "kill and rerun",
-    "test_stage2_resume.py": "kill and rerun",
-    "test_latents_resume.py": "kill and rerun",
-    "test_stage1_resume_webdataset.py": "kill and rerun",
-    "test_data.py": "bad input",
-    "test_stage1_data.py": "bad input",
-    "test_pretrained_safe_unpickle.py": "untrusted files",
-    "test_untrusted_payloads.py": "untrusted files",
-    "test_nonfinite_guard.py": "numerical faults",
-    "test_stage1_salted_corpus.py": "bad input",
-    "test_data_accounting.py": "bad input",
-    "test_webdataset_resume.py": "resume data position",
-    "test_checkpoint_fallback.py": "damaged checkpoints",
-    "test_disk_faults.py": "disk faults",
-    "test_cache_integrity.py": "foreign and corrupt files",
-    "test_divergence_recovery.py": "numerical faults",
-    "test_resume_settings.py": "config and environment",
-    "test_user_errors.py": "config and environment",
-    "test_salted_accounting.py": "bad input",
-    "test_run_guard.py": "locks and stop signals",
-}
-FAULT_KIND_BY_TEST = {
-    "test_pickled_checkpoints_are_refused_without_unpickling": "untrusted files",
-    "test_out_of_range_values_are_one_line_errors": "config and environment",
-    "test_a_full_disk_during_export_leaves_the_previous_export_whole": "disk faults",
-}
+# prints how many of each kind passed. The marker names the kind: `pytestmark = pytest.mark.faults("disk
+# faults")` for a file about faults, `@pytest.mark.faults("untrusted files")` on a single test elsewhere; a
+# test-level `faults` without a kind takes its file's.
 _fault_passes: dict[str, int] = {}
 _kill_points: dict[str, int] = {}
+
+
+def fault_kind(item) -> str | None:
+    """The kind of fault a test injects (the closest `faults` marker that names one), None if it injects none."""
+    marks = list(item.iter_markers("faults"))
+    if not marks:
+        return None
+    return next((m.args[0] for m in marks if m.args), "other")
 
 
 @pytest.fixture
@@ -85,22 +67,11 @@ def kill_points():
     return survived
 
 
-def _fault_kind(item) -> str | None:
-    name = item.originalname if hasattr(item, "originalname") else item.name
-    return FAULT_KIND_BY_TEST.get(name) or FAULT_FILES.get(Path(str(item.fspath)).name)
-
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if _fault_kind(item) is not None:
-            item.add_marker(pytest.mark.faults)
-
-
-def pytest_runtest_logreport(report):
-    if report.when == "call" and report.passed and "faults" in report.keywords:
-        kind = FAULT_KIND_BY_TEST.get(report.head_line.split("[")[0].split(".")[-1]) or FAULT_FILES.get(
-            Path(report.fspath).name, "other"
-        )
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call" and report.passed and (kind := fault_kind(item)) is not None:
         _fault_passes[kind] = _fault_passes.get(kind, 0) + 1
 
 

@@ -26,9 +26,10 @@ from vtp_gen.latents.run import run
 from vtp_gen.latents.verify import verify_cache
 from vtp_gen.latents.writer import canonical_safetensors_bytes
 
-pytestmark = pytest.mark.skipif(
-    not _fashion_available(), reason="Fashion-MNIST not installed: run `make setup`"
-)
+pytestmark = [
+    pytest.mark.faults("foreign and corrupt files"),
+    pytest.mark.skipif(not _fashion_available(), reason="Fashion-MNIST not installed: run `make setup`"),
+]
 SHARD = "latents_rank00_shard001.safetensors"
 
 

@@ -13,6 +13,8 @@ import pytest
 from test_stage2_helpers import run_stage2_subprocess, tiny_overrides
 from test_stage2_resume import assert_identical, cache, final_state, uninterrupted  # noqa: F401 (fixtures)
 
+pytestmark = pytest.mark.faults("damaged checkpoints")
+
 
 def killed_run(latents, out, name):
     overrides = tiny_overrides(out, name, latents)

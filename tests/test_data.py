@@ -15,6 +15,8 @@ from vtp_gen.data.transforms import CenterCropNormalize, center_crop_arr, denorm
 from vtp_gen.data.webdataset import ImageTextShards
 from vtp_gen.data.write_shards import shard_pattern, write_shards
 
+pytestmark = pytest.mark.faults("bad input")
+
 
 def _fashion_available() -> bool:
     try:

@@ -31,6 +31,8 @@ from test_stage2_sampling import generator_folder  # noqa: F401 (fixture)
 from vtp_gen.latents.verify import verify_cache
 from vtp_gen.utils.images import load_png
 
+pytestmark = pytest.mark.faults("disk faults")
+
 # Runs `vtp-gen <args>` with a file-size limit: from the start, or (LIMIT_AT=module:attribute[#N]) from the
 # moment that function or method is entered (for the N-th time), so a fault can be put at one exact write.
 LIMITED_CLI = """

@@ -14,7 +14,7 @@ import torch
 from test_stage2_helpers import make_latent_cache, run_stage2_subprocess, tiny_overrides
 from test_stage2_resume import assert_identical, final_state
 
-pytestmark = pytest.mark.faults
+pytestmark = pytest.mark.faults("numerical faults")
 
 
 def max_weight(checkpoint: dict) -> float:

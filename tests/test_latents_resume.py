@@ -33,9 +33,10 @@ def _fashion_available() -> bool:
         return False
 
 
-pytestmark = pytest.mark.skipif(
-    not _fashion_available(), reason="Fashion-MNIST not installed: run `make setup`"
-)
+pytestmark = [
+    pytest.mark.faults("kill and rerun"),
+    pytest.mark.skipif(not _fashion_available(), reason="Fashion-MNIST not installed: run `make setup`"),
+]
 
 NUM_IMAGES = 300
 SHARD_SIZE = 20

@@ -31,9 +31,10 @@ def _fashion_available() -> bool:
         return False
 
 
-pytestmark = pytest.mark.skipif(
-    not _fashion_available(), reason="Fashion-MNIST not installed: run `make setup`"
-)
+pytestmark = [
+    pytest.mark.faults("kill and rerun"),
+    pytest.mark.skipif(not _fashion_available(), reason="Fashion-MNIST not installed: run `make setup`"),
+]
 
 SMALL = [
     "trainer.max_steps=8",

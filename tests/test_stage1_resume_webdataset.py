@@ -17,9 +17,10 @@ from test_stage1_resume import (
 from vtp_gen.data.fashion_mnist import FashionMNIST
 from vtp_gen.data.write_shards import shard_pattern, write_shards
 
-pytestmark = pytest.mark.skipif(
-    not _fashion_available(), reason="Fashion-MNIST not installed: run `make setup`"
-)
+pytestmark = [
+    pytest.mark.faults("kill and rerun"),
+    pytest.mark.skipif(not _fashion_available(), reason="Fashion-MNIST not installed: run `make setup`"),
+]
 
 
 def test_sigkill_on_a_webdataset_stream_then_rerun_ends_with_identical_weights(tmp_path, kill_points):

@@ -12,6 +12,8 @@ import pytest
 import torch
 from test_stage2_helpers import make_latent_cache, run_stage2_subprocess, tiny_overrides
 
+pytestmark = pytest.mark.faults("kill and rerun")
+
 
 def final_state(run_folder: Path) -> dict:
     checkpoint = torch.load(run_folder / "stage2" / "checkpoints" / "last.ckpt", weights_only=True)

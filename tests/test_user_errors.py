@@ -22,7 +22,7 @@ from vtp_gen.data.build import build_dataset
 from vtp_gen.data.fashion_mnist import find_root
 from vtp_gen.interop.vtp import load_tokenizer
 
-pytestmark = pytest.mark.faults
+pytestmark = pytest.mark.faults("config and environment")
 
 
 def one_line(capsys) -> str:
