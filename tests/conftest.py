@@ -40,6 +40,73 @@ def reference_dir() -> Path:
     return d
 
 
+# ----------------------------------------------------------------------------- fixtures shared by several files
+@pytest.fixture(scope="session")
+def fashion_mnist() -> Path:
+    """The Fashion-MNIST folder; a test that trains on it skips where `make setup` did not install it."""
+    from vtp_gen.data.fashion_mnist import find_root
+
+    try:
+        return find_root()
+    except FileNotFoundError:
+        pytest.skip("Fashion-MNIST not installed: run `make setup`")
+
+
+@pytest.fixture
+def single_thread():
+    """One intra-op thread for the test: tiny models gain nothing from more, and on a busy 2-core machine
+    OpenMP threads fighting for the cores make every step much slower (measured: 32 s with 2 threads
+    against 1 s with 1 for the linear-probe sweep)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def stage2_cache(tmp_path_factory) -> Path:
+    """The synthetic stage-2 latent cache of test_stage2_helpers (256 items, 4 classes, 16x4x4)."""
+    from test_stage2_helpers import make_latent_cache
+
+    return make_latent_cache(tmp_path_factory.mktemp("latents"))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(stage2_cache, tmp_path_factory) -> dict:
+    """The final state of a tiny stage-2 run that nothing interrupted, to compare a killed or faulted run with."""
+    from test_stage2_helpers import final_state, run_stage2_subprocess, tiny_overrides
+
+    out = tmp_path_factory.mktemp("runs")
+    result = run_stage2_subprocess(tiny_overrides(out, "straight", stage2_cache))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return final_state(out / "straight")
+
+
+@pytest.fixture(scope="module")
+def generator_folder(tmp_path_factory) -> Path:
+    """A tiny exported class-conditional generator (LightningDiT-T/1, 2 blocks, width 32) on 16x4x4 latents."""
+    import torch
+    from test_stage2_helpers import make_latent_cache
+
+    from vtp_gen import create_model
+    from vtp_gen.interop.generators import save_generator
+
+    folder = tmp_path_factory.mktemp("generator")
+    torch.manual_seed(0)
+    model = create_model(
+        "LightningDiT-T/1", input_size=4, in_channels=16, num_classes=4, depth=2, hidden_size=32
+    )
+    with torch.no_grad():  # adaLN-Zero starts at zero output: give the samples some structure
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    save_generator(model, folder)
+    cache = make_latent_cache(tmp_path_factory.mktemp("cache"), num_items=32)
+    (folder / "latents_stats.pt").write_bytes((cache / "latents_stats.pt").read_bytes())
+    return folder
+
+
 # ----------------------------------------------------------------------------- fault injection
 # `make test-faults` runs every test that injects a fault (marker `faults`, slow ones included) and
 # prints how many of each kind passed. The marker names the kind: `pytestmark = pytest.mark.faults("disk

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save as safetensors_save
-from test_latents_cache import _fashion_available, cache_config
+from test_latents_cache import cache_config
 from test_stage2_helpers import tiny_overrides
 
 from vtp_gen.cli import main as cli_main
@@ -28,7 +28,7 @@ from vtp_gen.latents.writer import canonical_safetensors_bytes
 
 pytestmark = [
     pytest.mark.faults("foreign and corrupt files"),
-    pytest.mark.skipif(not _fashion_available(), reason="Fashion-MNIST not installed: run `make setup`"),
+    pytest.mark.usefixtures("fashion_mnist"),
 ]
 SHARD = "latents_rank00_shard001.safetensors"
 

@@ -22,11 +22,8 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_latents_resume import _fashion_available
 from test_latents_resume import overrides as cache_overrides
-from test_stage2_helpers import make_latent_cache, tiny_overrides
-from test_stage2_resume import assert_identical, final_state, uninterrupted  # noqa: F401 (fixture)
-from test_stage2_sampling import generator_folder  # noqa: F401 (fixture)
+from test_stage2_helpers import assert_identical, final_state, tiny_overrides
 
 from vtp_gen.latents.verify import verify_cache
 from vtp_gen.utils.images import load_png
@@ -146,13 +143,8 @@ def test_every_atomic_writer_turns_a_full_disk_into_a_clean_oserror(tmp_path):
 
 
 # ----------------------------------------------------------------------------- stage 2 checkpoints
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    return make_latent_cache(tmp_path_factory.mktemp("latents"))
-
-
-def test_a_full_disk_at_a_stage2_checkpoint_keeps_the_last_good_one(cache, uninterrupted, tmp_path):  # noqa: F811
-    args = ["stage2", *tiny_overrides(tmp_path, "full", cache)]
+def test_a_full_disk_at_a_stage2_checkpoint_keeps_the_last_good_one(stage2_cache, uninterrupted, tmp_path):
+    args = ["stage2", *tiny_overrides(tmp_path, "full", stage2_cache)]
     checkpoints = tmp_path / "full" / "stage2" / "checkpoints"
     # Lightning saves step00000004.ckpt, last.ckpt, step00000008.ckpt (and deletes the step-4 file: one
     # step checkpoint is kept), last.ckpt, ... The disk fills at the fourth save: the step-8 last.ckpt.
@@ -175,17 +167,12 @@ def test_a_full_disk_at_a_stage2_checkpoint_keeps_the_last_good_one(cache, unint
 
 
 # ----------------------------------------------------------------------------- latent cache
-needs_fashion = pytest.mark.skipif(
-    not _fashion_available(), reason="Fashion-MNIST not installed: run `make setup`"
-)
-
-
 def shard_files(folder: Path) -> dict[str, tuple[int, int]]:
     """Shard name -> (inode, mtime): unchanged when a rerun keeps the file."""
     return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in sorted(folder.glob("*.safetensors"))}
 
 
-@needs_fashion
+@pytest.mark.usefixtures("fashion_mnist")
 def test_a_full_disk_while_caching_leaves_only_complete_shards_and_no_manifest(reference_dir, tmp_path):
     folder = tmp_path / "cache"
     args = ["cache", *cache_overrides(reference_dir / "vtp_tiny_default", folder)]
@@ -226,7 +213,7 @@ def test_a_full_disk_while_caching_leaves_only_complete_shards_and_no_manifest(r
 # Slow (three `vtp-gen sample` processes, ~25 s): the PNG and .npz writers themselves are covered in CI by
 # the single-writer test above; this one checks the sample command around them.
 @pytest.mark.slow
-def test_a_full_disk_while_sampling_leaves_whole_pngs_and_no_npz(generator_folder, reference_dir, tmp_path):  # noqa: F811
+def test_a_full_disk_while_sampling_leaves_whole_pngs_and_no_npz(generator_folder, reference_dir, tmp_path):
     out = tmp_path / "samples"
     args = [
         "sample",

@@ -7,7 +7,6 @@ uninterrupted one, as on map-style data.
 
 import pytest
 from test_stage1_resume import (
-    _fashion_available,
     assert_pretraining_identical,
     command,
     run_and_kill_when,
@@ -19,7 +18,7 @@ from vtp_gen.data.write_shards import shard_pattern, write_shards
 
 pytestmark = [
     pytest.mark.faults("kill and rerun"),
-    pytest.mark.skipif(not _fashion_available(), reason="Fashion-MNIST not installed: run `make setup`"),
+    pytest.mark.usefixtures("fashion_mnist"),
 ]
 
 
