@@ -25,6 +25,7 @@ from safetensors.torch import load_file
 from test_latents_resume import overrides as cache_overrides
 from test_stage2_helpers import assert_identical, final_state, tiny_overrides
 
+import vtp_gen
 from vtp_gen.latents.verify import verify_cache
 from vtp_gen.utils.images import load_png
 
@@ -61,10 +62,15 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
+# The child imports the vtp_gen this process tests (this checkout's src), whatever the environment installed.
+VTP_GEN_SOURCE = str(Path(vtp_gen.__file__).resolve().parents[1])
+
+
 def limited_cli(limit: int, args: list[str], limit_at: str | None = None) -> subprocess.CompletedProcess:
     # No bytecode caches: a .pyc written under the limit would be cut short and break later imports.
     env = {
         "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": VTP_GEN_SOURCE,
         "OMP_NUM_THREADS": "1",
         "HF_HUB_OFFLINE": "1",
         "PYTHONDONTWRITEBYTECODE": "1",
