@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save as safetensors_save
-from test_latents_cache import _fashion_available, cache_config
+from test_latents_cache import cache_config
 from test_stage2_helpers import tiny_overrides
 
 from vtp_gen.interop.vtp import load_tokenizer, save_pretrained
@@ -26,9 +26,10 @@ from vtp_gen.latents.writer import canonical_safetensors_bytes
 from vtp_gen.pipeline.cache.run import run
 from vtp_gen.pipeline.cli import main as cli_main
 
-pytestmark = pytest.mark.skipif(
-    not _fashion_available(), reason="Fashion-MNIST not installed: run `make setup`"
-)
+pytestmark = [
+    pytest.mark.faults("foreign and corrupt files"),
+    pytest.mark.usefixtures("fashion_mnist"),
+]
 SHARD = "latents_rank00_shard001.safetensors"
 
 

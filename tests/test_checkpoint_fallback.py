@@ -10,8 +10,9 @@ truncated case; the other two run in `make test-faults` / `make test-slow`.
 """
 
 import pytest
-from test_stage2_helpers import run_stage2_subprocess, tiny_overrides
-from test_stage2_resume import assert_identical, cache, final_state, uninterrupted  # noqa: F401 (fixtures)
+from test_stage2_helpers import assert_identical, final_state, run_stage2_subprocess, tiny_overrides
+
+pytestmark = pytest.mark.faults("damaged checkpoints")
 
 
 def killed_run(latents, out, name):
@@ -33,13 +34,13 @@ def scribble(path):
     "damage", [truncate, pytest.param(scribble, marks=pytest.mark.slow)], ids=["truncated", "overwritten"]
 )
 def test_a_damaged_last_checkpoint_falls_back_to_the_step_checkpoint(
-    cache,  # noqa: F811 (the imported fixtures)
-    uninterrupted,  # noqa: F811
+    stage2_cache,
+    uninterrupted,
     tmp_path,
     damage,
     kill_points,
 ):
-    overrides, checkpoints = killed_run(cache, tmp_path, "damaged")
+    overrides, checkpoints = killed_run(stage2_cache, tmp_path, "damaged")
     damage(checkpoints / "last.ckpt")
     rerun = run_stage2_subprocess(overrides)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
@@ -51,12 +52,12 @@ def test_a_damaged_last_checkpoint_falls_back_to_the_step_checkpoint(
 
 @pytest.mark.slow
 def test_with_every_checkpoint_damaged_the_run_starts_over_and_still_matches(
-    cache,  # noqa: F811 (the imported fixtures)
-    uninterrupted,  # noqa: F811
+    stage2_cache,
+    uninterrupted,
     tmp_path,
     kill_points,
 ):
-    overrides, checkpoints = killed_run(cache, tmp_path, "all_damaged")
+    overrides, checkpoints = killed_run(stage2_cache, tmp_path, "all_damaged")
     for path in checkpoints.glob("*.ckpt"):
         truncate(path)
     rerun = run_stage2_subprocess(overrides)

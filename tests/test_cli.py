@@ -108,7 +108,7 @@ def test_data_recipe_with_empty_and_braced_values_merges_into_the_step():
     assert cfg.data.resampled is True and cfg.data.batch_size == 8  # command-line overrides still win
 
 
-@pytest.mark.faults
+@pytest.mark.faults("config and environment")
 @pytest.mark.parametrize(
     "step, override, message",
     [

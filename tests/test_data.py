@@ -9,24 +9,13 @@ from salted_corpus import MAX_PIXELS, damage_member_header, photo, png_bytes, sa
 from vtp_gen.config import DataConfig
 from vtp_gen.data.build import build_dataloader, build_dataset
 from vtp_gen.data.decode import Skipped, collate_samples, decode_caption, decode_image
-from vtp_gen.data.fashion_mnist import CLASS_NAMES, FashionMNIST, find_root
+from vtp_gen.data.fashion_mnist import CLASS_NAMES, FashionMNIST
 from vtp_gen.data.image_folder import LabelledImageFolder
 from vtp_gen.data.transforms import CenterCropNormalize, center_crop_arr, denormalize, to_uint8
 from vtp_gen.data.webdataset import ImageTextShards
 from vtp_gen.data.write_shards import shard_pattern, write_shards
 
-
-def _fashion_available() -> bool:
-    try:
-        find_root()
-        return True
-    except FileNotFoundError:
-        return False
-
-
-needs_fashion = pytest.mark.skipif(
-    not _fashion_available(), reason="Fashion-MNIST not installed: run `make setup`"
-)
+pytestmark = pytest.mark.faults("bad input")
 
 
 def test_center_crop_arr_matches_adm_semantics():
@@ -130,7 +119,7 @@ def test_webdataset_survives_a_malformed_tar_member(tmp_path):
     assert batch["size"] >= 3 + 3  # the second shard is read in full, the first up to the damage
 
 
-@needs_fashion
+@pytest.mark.usefixtures("fashion_mnist")
 def test_fashion_mnist_yields_labelled_images_and_captions():
     train = FashionMNIST(split="train", transform=CenterCropNormalize(32), with_captions=True)
     test = FashionMNIST(split="test")
@@ -156,7 +145,7 @@ def test_missing_fashion_mnist_says_how_to_get_it(tmp_path, monkeypatch):
         fm.FashionMNIST(tmp_path / "also-absent")
 
 
-@needs_fashion
+@pytest.mark.usefixtures("fashion_mnist")
 def test_embedded_set_through_folder_and_webdataset_paths(tmp_path):
     cfg = DataConfig(source="fashion_mnist", max_samples=64, batch_size=16, image_size=32)
     transform = CenterCropNormalize(cfg.image_size)
@@ -178,7 +167,7 @@ def test_embedded_set_through_folder_and_webdataset_paths(tmp_path):
     assert torch.allclose(first["image"][0], transform(source[keys[0]]["image"]), atol=1e-6)
 
 
-@needs_fashion
+@pytest.mark.usefixtures("fashion_mnist")
 def test_resampled_stream_is_endless_and_split_per_worker(tmp_path):
     source = FashionMNIST(split="test", with_captions=True, max_samples=40)
     paths = write_shards(source, tmp_path, shard_size=10)

@@ -1,9 +1,12 @@
 """The data account: drawn = used + skipped is checked, repairs and refills are kept apart, ranks add up."""
 
+import pytest
 import torch
 
 from vtp_gen.data.accounting import REFILLED, DataAccount
 from vtp_gen.utils.distributed import run_on_gloo_ranks
+
+pytestmark = pytest.mark.faults("bad input")
 
 
 def batch(drawn: int, used: int, **issues: int) -> dict:

@@ -22,14 +22,14 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_latents_resume import _fashion_available
 from test_latents_resume import overrides as cache_overrides
-from test_stage2_helpers import make_latent_cache, tiny_overrides
-from test_stage2_resume import assert_identical, final_state, uninterrupted  # noqa: F401 (fixture)
-from test_stage2_sampling import generator_folder  # noqa: F401 (fixture)
+from test_stage2_helpers import assert_identical, final_state, tiny_overrides
 
+import vtp_gen
 from vtp_gen.data.images import load_png
 from vtp_gen.latents.verify import verify_cache
+
+pytestmark = pytest.mark.faults("disk faults")
 
 # Runs `vtp-gen <args>` with a file-size limit: from the start, or (LIMIT_AT=module:attribute[#N]) from the
 # moment that function or method is entered (for the N-th time), so a fault can be put at one exact write.
@@ -62,10 +62,15 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
+# The child imports the vtp_gen this process tests (this checkout's src), whatever the environment installed.
+VTP_GEN_SOURCE = str(Path(vtp_gen.__file__).resolve().parents[1])
+
+
 def limited_cli(limit: int, args: list[str], limit_at: str | None = None) -> subprocess.CompletedProcess:
     # No bytecode caches: a .pyc written under the limit would be cut short and break later imports.
     env = {
         "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": VTP_GEN_SOURCE,
         "OMP_NUM_THREADS": "1",
         "HF_HUB_OFFLINE": "1",
         "PYTHONDONTWRITEBYTECODE": "1",
@@ -144,13 +149,8 @@ def test_every_atomic_writer_turns_a_full_disk_into_a_clean_oserror(tmp_path):
 
 
 # ----------------------------------------------------------------------------- stage 2 checkpoints
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    return make_latent_cache(tmp_path_factory.mktemp("latents"))
-
-
-def test_a_full_disk_at_a_stage2_checkpoint_keeps_the_last_good_one(cache, uninterrupted, tmp_path):  # noqa: F811
-    args = ["stage2", *tiny_overrides(tmp_path, "full", cache)]
+def test_a_full_disk_at_a_stage2_checkpoint_keeps_the_last_good_one(stage2_cache, uninterrupted, tmp_path):
+    args = ["stage2", *tiny_overrides(tmp_path, "full", stage2_cache)]
     checkpoints = tmp_path / "full" / "stage2" / "checkpoints"
     # Lightning saves step00000004.ckpt, last.ckpt, step00000008.ckpt (and deletes the step-4 file: one
     # step checkpoint is kept), last.ckpt, ... The disk fills at the fourth save: the step-8 last.ckpt.
@@ -173,17 +173,12 @@ def test_a_full_disk_at_a_stage2_checkpoint_keeps_the_last_good_one(cache, unint
 
 
 # ----------------------------------------------------------------------------- latent cache
-needs_fashion = pytest.mark.skipif(
-    not _fashion_available(), reason="Fashion-MNIST not installed: run `make setup`"
-)
-
-
 def shard_files(folder: Path) -> dict[str, tuple[int, int]]:
     """Shard name -> (inode, mtime): unchanged when a rerun keeps the file."""
     return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in sorted(folder.glob("*.safetensors"))}
 
 
-@needs_fashion
+@pytest.mark.usefixtures("fashion_mnist")
 def test_a_full_disk_while_caching_leaves_only_complete_shards_and_no_manifest(reference_dir, tmp_path):
     folder = tmp_path / "cache"
     args = ["cache", *cache_overrides(reference_dir / "vtp_tiny_default", folder)]
@@ -224,7 +219,7 @@ def test_a_full_disk_while_caching_leaves_only_complete_shards_and_no_manifest(r
 # Slow (three `vtp-gen sample` processes, ~25 s): the PNG and .npz writers themselves are covered in CI by
 # the single-writer test above; this one checks the sample command around them.
 @pytest.mark.slow
-def test_a_full_disk_while_sampling_leaves_whole_pngs_and_no_npz(generator_folder, reference_dir, tmp_path):  # noqa: F811
+def test_a_full_disk_while_sampling_leaves_whole_pngs_and_no_npz(generator_folder, reference_dir, tmp_path):
     out = tmp_path / "samples"
     args = [
         "sample",

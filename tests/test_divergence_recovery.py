@@ -11,10 +11,15 @@ diverged.
 
 import pytest
 import torch
-from test_stage2_helpers import make_latent_cache, run_stage2_subprocess, tiny_overrides
-from test_stage2_resume import assert_identical, final_state
+from test_stage2_helpers import (
+    assert_identical,
+    final_state,
+    make_latent_cache,
+    run_stage2_subprocess,
+    tiny_overrides,
+)
 
-pytestmark = pytest.mark.faults
+pytestmark = pytest.mark.faults("numerical faults")
 
 
 def max_weight(checkpoint: dict) -> float:

@@ -16,16 +16,9 @@ GENERATOR_FIXTURES = ["lightningdit_tiny", "lightningdit_tiny_qknorm_p2", "dit_t
 FIXTURE_GUIDANCE = {"nocfg": {}, "cfg3_interval0.2": dict(cfg_scale=3.0, cfg_interval_start=0.2)}
 
 
-def _fixture(reference_dir, name):
-    folder = reference_dir / name
-    if not folder.is_dir():
-        pytest.skip(f"fixture {name} not present")
-    return folder
-
-
 @pytest.mark.parametrize("name", GENERATOR_FIXTURES)
 def test_forward_matches_reference(reference_dir, name):
-    folder = _fixture(reference_dir, name)
+    folder = reference_dir / name
     model = load_generator(folder)
     golden = load_file(folder / "golden_outputs.safetensors")
     with torch.no_grad():
@@ -36,7 +29,7 @@ def test_forward_matches_reference(reference_dir, name):
 
 @pytest.mark.parametrize("name", GENERATOR_FIXTURES)
 def test_forward_with_cfg_matches_reference_mode(reference_dir, name):
-    folder = _fixture(reference_dir, name)
+    folder = reference_dir / name
     model = load_generator(folder)
     golden = load_file(folder / "golden_outputs.safetensors")
     with torch.no_grad():
@@ -61,7 +54,7 @@ def test_forward_with_cfg_matches_reference_mode(reference_dir, name):
 
 
 def _sampler_cases(reference_dir):
-    folder = _fixture(reference_dir, "lightningdit_tiny")
+    folder = reference_dir / "lightningdit_tiny"
     settings = json.loads((folder / "sampler_settings.json").read_text())
     golden = load_file(folder / "golden_sampler.safetensors")
     cases = []

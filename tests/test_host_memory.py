@@ -2,8 +2,11 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+import vtp_gen
 
 # The case that showed up in the profile: the CLIP token-embedding gradient (49408 x 768 floats,
 # 145 MiB) is allocated by every backward and freed by zero_grad(set_to_none=True).
@@ -27,7 +30,13 @@ print(applied, sorted(faults)[len(faults) // 2])  # the median step
 
 
 def faults_per_step(switch: str) -> tuple[bool, int]:
-    env = {"PATH": "/usr/bin:/bin", "VTP_GEN_KEEP_FREED_MEMORY": switch, "OMP_NUM_THREADS": "1"}
+    # The child imports the vtp_gen this process tests (this checkout's src), whatever the environment installed.
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": str(Path(vtp_gen.__file__).resolve().parents[1]),
+        "VTP_GEN_KEEP_FREED_MEMORY": switch,
+        "OMP_NUM_THREADS": "1",
+    }
     done = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     applied, faults = done.stdout.split()

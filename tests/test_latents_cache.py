@@ -16,7 +16,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from vtp_gen.config import load_config
-from vtp_gen.data.fashion_mnist import FashionMNIST, find_root
+from vtp_gen.data.fashion_mnist import FashionMNIST
 from vtp_gen.data.transforms import CenterCropNormalize
 from vtp_gen.interop.vtp import load_tokenizer, save_pretrained
 from vtp_gen.latents.dataset import LatentDataset, LatentStats, denormalize_latents
@@ -27,18 +27,7 @@ from vtp_gen.pipeline.cache.config import CacheConfig
 from vtp_gen.pipeline.cache.run import run
 from vtp_gen.utils.run_lock import LOCK_FILE
 
-
-def _fashion_available() -> bool:
-    try:
-        find_root()
-        return True
-    except FileNotFoundError:
-        return False
-
-
-pytestmark = pytest.mark.skipif(
-    not _fashion_available(), reason="Fashion-MNIST not installed: run `make setup`"
-)
+pytestmark = pytest.mark.usefixtures("fashion_mnist")
 
 NUM_IMAGES = 300
 

@@ -19,23 +19,14 @@ import torch
 from safetensors.torch import load_file
 
 from vtp_gen.config import load_config
-from vtp_gen.data.fashion_mnist import find_root
 from vtp_gen.latents.verify import verify_cache
 from vtp_gen.pipeline.cache.config import CacheConfig
 from vtp_gen.pipeline.cache.run import run
 
-
-def _fashion_available() -> bool:
-    try:
-        find_root()
-        return True
-    except FileNotFoundError:
-        return False
-
-
-pytestmark = pytest.mark.skipif(
-    not _fashion_available(), reason="Fashion-MNIST not installed: run `make setup`"
-)
+pytestmark = [
+    pytest.mark.faults("kill and rerun"),
+    pytest.mark.usefixtures("fashion_mnist"),
+]
 
 NUM_IMAGES = 300
 SHARD_SIZE = 20

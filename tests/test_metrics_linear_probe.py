@@ -15,15 +15,8 @@ from vtp_gen.metrics.linear_probe import (
     train_linear_probes,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Thousands of tiny matmuls: on a busy 2-core machine, intra-op threading only adds sync cost
-    (measured here: 32 s with 2 threads vs 1 s with 1 for the same sweep)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Thousands of tiny matmuls: on a busy 2-core machine, intra-op threading only adds sync cost.
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _separable(n_per_class, num_classes=10, dim=24, seed=0, noise=0.3):

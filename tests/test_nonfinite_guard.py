@@ -16,7 +16,7 @@ from vtp_gen.systems.trainer import build_trainer
 from vtp_gen.utils.ema import EMA
 from vtp_gen.utils.plots import read_metrics
 
-pytestmark = pytest.mark.faults
+pytestmark = pytest.mark.faults("numerical faults")
 
 
 class Regression(L.LightningModule):

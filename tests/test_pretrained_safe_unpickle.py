@@ -16,6 +16,8 @@ from vtp_gen.pretrained.safe_unpickle import (
     read_torchscript_tensors,
 )
 
+pytestmark = pytest.mark.faults("untrusted files")
+
 
 class _RunsShell:
     """Unpickling this would call os.system: the classic malicious pickle."""

@@ -15,7 +15,7 @@ import pytest
 import torch
 from test_stage2_helpers import REPO_ROOT, make_latent_cache, run_stage2_subprocess, tiny_overrides
 
-pytestmark = [pytest.mark.faults, pytest.mark.slow]  # ~90 s: five tiny stage-2 runs
+pytestmark = [pytest.mark.faults("config and environment"), pytest.mark.slow]  # ~90 s: five tiny stage-2 runs
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:

@@ -26,6 +26,8 @@ from vtp_gen.pipeline.stage2.config import Stage2Config
 from vtp_gen.pipeline.stage2.run import preview_size
 from vtp_gen.utils.run_lock import LOCK_FILE, FolderInUseError, hold_folder
 
+pytestmark = pytest.mark.faults("locks and stop signals")
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ENV = {
     **os.environ,

@@ -31,7 +31,7 @@ from vtp_gen.data.decode import collate_samples
 from vtp_gen.data.image_folder import LabelledImageFolder
 from vtp_gen.data.webdataset import ImageTextShards
 
-pytestmark = pytest.mark.faults
+pytestmark = pytest.mark.faults("bad input")
 
 
 def account_of(dataset, batch_size: int = 8) -> DataAccount:

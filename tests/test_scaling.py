@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from test_stage1_resume import _fashion_available
 
 from vtp_gen.config import ConfigError
 from vtp_gen.metrics.report import MetricRecord, Protocol, write_metrics_json
@@ -32,9 +31,6 @@ from vtp_gen.pipeline.scaling.results import (
 from vtp_gen.pipeline.scaling.run import finished_record, plan_points, record_point, step_calls
 
 REPO = Path(__file__).resolve().parents[1]
-needs_fashion = pytest.mark.skipif(
-    not _fashion_available(), reason="Fashion-MNIST not installed: run `make setup`"
-)
 PRESETS = ("ae_only", "clip_ae", "ssl_ae", "vtp")
 
 
@@ -66,7 +62,7 @@ def _stage1_config(preset: str, *extra: str):
     )
 
 
-@needs_fashion
+@pytest.mark.usefixtures("fashion_mnist")
 def test_stage1_step_flops_of_the_four_presets_add_up():
     """The objectives run separate forwards on the shared trunk, so their costs add:
     CLIP+SSL+AE = CLIP+AE + SSL+AE - AE, exactly; and each objective costs something."""
@@ -218,7 +214,7 @@ def test_pearson():
     assert math.isclose(pearson([1, 2, 3, 4], [1, 3, 2, 4]), 0.8)
 
 
-@needs_fashion
+@pytest.mark.usefixtures("fashion_mnist")
 def test_a_finished_point_is_reused_only_with_the_same_configs(tmp_path):
     cfg = _study(f"run.out_dir={tmp_path}", "steps=[100]", "stage1.overrides=[data.batch_size=16]")
     point = plan_points(cfg)[0]
@@ -253,7 +249,7 @@ eval:
 
 
 @pytest.mark.slow
-@needs_fashion
+@pytest.mark.usefixtures("fashion_mnist")
 def test_make_scaling_micro_study_end_to_end_and_resume(tmp_path):
     micro = tmp_path / "micro.yaml"
     micro.write_text(MICRO)

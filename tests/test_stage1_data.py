@@ -19,6 +19,8 @@ from vtp_gen.systems.stage1_data import (
     subset_size,
 )
 
+pytestmark = pytest.mark.faults("bad input")
+
 
 def toy_samples(count: int, step: int | None = 0) -> list[dict]:
     rng = np.random.default_rng(0)

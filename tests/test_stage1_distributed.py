@@ -70,6 +70,7 @@ def test_teacher_and_student_identical_on_both_ranks_after_steps():
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("fashion_mnist")
 def test_stage1_command_with_two_ddp_processes(tmp_path):
     """`vtp-gen stage1` launched once with devices=2: Lightning starts the second rank, both phases run."""
     import json
@@ -77,10 +78,8 @@ def test_stage1_command_with_two_ddp_processes(tmp_path):
     import sys
     from pathlib import Path
 
-    from test_stage1_resume import SMALL, _fashion_available
+    from test_stage1_resume import SMALL
 
-    if not _fashion_available():
-        pytest.skip("Fashion-MNIST not installed: run `make setup`")
     command = [
         sys.executable,
         str(Path(__file__).resolve().parents[1] / "stage1/train.py"),

@@ -18,22 +18,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from vtp_gen.data.fashion_mnist import find_root
-
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _fashion_available() -> bool:
-    try:
-        find_root()
-        return True
-    except FileNotFoundError:
-        return False
-
-
-pytestmark = pytest.mark.skipif(
-    not _fashion_available(), reason="Fashion-MNIST not installed: run `make setup`"
-)
+pytestmark = [
+    pytest.mark.faults("kill and rerun"),
+    pytest.mark.usefixtures("fashion_mnist"),
+]
 
 SMALL = [
     "trainer.max_steps=8",

@@ -7,7 +7,6 @@ uninterrupted one, as on map-style data.
 
 import pytest
 from test_stage1_resume import (
-    _fashion_available,
     assert_pretraining_identical,
     command,
     run_and_kill_when,
@@ -17,9 +16,10 @@ from test_stage1_resume import (
 from vtp_gen.data.fashion_mnist import FashionMNIST
 from vtp_gen.data.write_shards import shard_pattern, write_shards
 
-pytestmark = pytest.mark.skipif(
-    not _fashion_available(), reason="Fashion-MNIST not installed: run `make setup`"
-)
+pytestmark = [
+    pytest.mark.faults("kill and rerun"),
+    pytest.mark.usefixtures("fashion_mnist"),
+]
 
 
 def test_sigkill_on_a_webdataset_stream_then_rerun_ends_with_identical_weights(tmp_path, kill_points):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_stage1_resume import SMALL, _fashion_available
+from test_stage1_resume import SMALL
 
 import vtp_gen
 from vtp_gen.config import load_config
@@ -22,12 +22,9 @@ from vtp_gen.pipeline.stage1.run import run
 from vtp_gen.utils.plots import plot_loss_curves, read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
-needs_fashion = pytest.mark.skipif(
-    not _fashion_available(), reason="Fashion-MNIST not installed: run `make setup`"
-)
 
 
-@needs_fashion
+@pytest.mark.usefixtures("fashion_mnist")
 def test_stage1_run_writes_every_output_and_a_rerun_is_a_no_op(tmp_path, capsys):
     overrides = [
         *SMALL,
@@ -101,7 +98,7 @@ def test_read_metrics_merges_resumed_logs_and_plots(tmp_path):
 
 
 @pytest.mark.slow
-@needs_fashion
+@pytest.mark.usefixtures("fashion_mnist")
 def test_make_stage1_tiny_default_meets_its_targets(tmp_path):
     """The embedded default end to end: time, falling reconstruction loss, zero-shot well above chance."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}

@@ -10,6 +10,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from salted_corpus import (
     MAX_PIXELS,
     damage_member_header,
@@ -19,6 +20,8 @@ from salted_corpus import (
     write_salted_shard,
 )
 from test_stage1_resume import command, run_to_end
+
+pytestmark = pytest.mark.faults("bad input")
 
 BATCH = 8
 EXTRA_GOOD_PER_CLASS = 11  # + 9 salted files = 20 per class, 40 in all: 5 batches of 8 = one epoch

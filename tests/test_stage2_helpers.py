@@ -10,6 +10,7 @@ runs checkpoint callbacks after all others): a real crash, not an exception.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -92,6 +93,30 @@ def run_stage2_subprocess(overrides: list[str], kill_at: int | None = None, time
     return subprocess.run(
         command + overrides, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout
     )
+
+
+def final_state(run_folder: Path) -> dict:
+    checkpoint = torch.load(run_folder / "stage2" / "checkpoints" / "last.ckpt", weights_only=True)
+    return {
+        "step": checkpoint["global_step"],
+        "weights": checkpoint["state_dict"],
+        "optimizer": checkpoint["optimizer_states"][0]["state"],
+        "summary": json.loads((run_folder / "stage2" / "train_summary.json").read_text()),
+    }
+
+
+def assert_identical(a: dict, b: dict) -> None:
+    assert a["step"] == b["step"]
+    assert a["weights"].keys() == b["weights"].keys()
+    differing = [k for k in a["weights"] if not torch.equal(a["weights"][k], b["weights"][k])]
+    assert not differing, f"weights differ: {differing[:5]}"
+    assert any(k.startswith("ema.module.") for k in a["weights"])  # the EMA is part of the comparison
+    for param_id, state in a["optimizer"].items():
+        for key, value in state.items():
+            assert torch.equal(value, b["optimizer"][param_id][key]), (
+                f"optimizer state {param_id}.{key} differs"
+            )
+    assert a["summary"]["weights_sha256"] == b["summary"]["weights_sha256"]
 
 
 def _main(argv: list[str]) -> None:

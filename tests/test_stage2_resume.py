@@ -5,49 +5,12 @@ identical model weights, EMA weights and optimiser state, because the data
 position and every random draw are functions of the step number.
 """
 
-import json
 from pathlib import Path
 
 import pytest
-import torch
-from test_stage2_helpers import make_latent_cache, run_stage2_subprocess, tiny_overrides
+from test_stage2_helpers import assert_identical, final_state, run_stage2_subprocess, tiny_overrides
 
-
-def final_state(run_folder: Path) -> dict:
-    checkpoint = torch.load(run_folder / "stage2" / "checkpoints" / "last.ckpt", weights_only=True)
-    return {
-        "step": checkpoint["global_step"],
-        "weights": checkpoint["state_dict"],
-        "optimizer": checkpoint["optimizer_states"][0]["state"],
-        "summary": json.loads((run_folder / "stage2" / "train_summary.json").read_text()),
-    }
-
-
-def assert_identical(a: dict, b: dict) -> None:
-    assert a["step"] == b["step"]
-    assert a["weights"].keys() == b["weights"].keys()
-    differing = [k for k in a["weights"] if not torch.equal(a["weights"][k], b["weights"][k])]
-    assert not differing, f"weights differ: {differing[:5]}"
-    assert any(k.startswith("ema.module.") for k in a["weights"])  # the EMA is part of the comparison
-    for param_id, state in a["optimizer"].items():
-        for key, value in state.items():
-            assert torch.equal(value, b["optimizer"][param_id][key]), (
-                f"optimizer state {param_id}.{key} differs"
-            )
-    assert a["summary"]["weights_sha256"] == b["summary"]["weights_sha256"]
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    return make_latent_cache(tmp_path_factory.mktemp("latents"))
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(cache, tmp_path_factory) -> dict:
-    out = tmp_path_factory.mktemp("runs")
-    result = run_stage2_subprocess(tiny_overrides(out, "straight", cache))
-    assert result.returncode == 0, result.stderr[-3000:]
-    return final_state(out / "straight")
+pytestmark = pytest.mark.faults("kill and rerun")
 
 
 def kill_and_rerun(cache: Path, out: Path, kill_at: int) -> dict:
@@ -64,36 +27,36 @@ def kill_and_rerun(cache: Path, out: Path, kill_at: int) -> dict:
 
 
 def test_kill_between_checkpoints_then_rerun_matches_uninterrupted(
-    cache, uninterrupted, tmp_path, kill_points
+    stage2_cache, uninterrupted, tmp_path, kill_points
 ):
-    assert_identical(kill_and_rerun(cache, tmp_path, kill_at=6), uninterrupted)
+    assert_identical(kill_and_rerun(stage2_cache, tmp_path, kill_at=6), uninterrupted)
     kill_points("stage 2")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kill_at", [1, 4, 5, 8, 11])
-def test_kill_at_many_points(cache, uninterrupted, tmp_path, kill_at, kill_points):
+def test_kill_at_many_points(stage2_cache, uninterrupted, tmp_path, kill_at, kill_points):
     # 1: before any checkpoint (restart from scratch); 4, 8: at a checkpoint step, before it is written
     # (Lightning runs checkpoint callbacks last), so the rerun starts from the previous one; 5: just after one.
-    assert_identical(kill_and_rerun(cache, tmp_path, kill_at), uninterrupted)
+    assert_identical(kill_and_rerun(stage2_cache, tmp_path, kill_at), uninterrupted)
     kill_points("stage 2")
 
 
 @pytest.mark.slow
-def test_resume_with_gradient_accumulation(cache, tmp_path, kill_points):
+def test_resume_with_gradient_accumulation(stage2_cache, tmp_path, kill_points):
     extra = ("trainer.accumulate_grad_batches=2",)
-    straight = run_stage2_subprocess(tiny_overrides(tmp_path, "straight", cache, *extra))
+    straight = run_stage2_subprocess(tiny_overrides(tmp_path, "straight", stage2_cache, *extra))
     assert straight.returncode == 0, straight.stderr[-3000:]
-    overrides = tiny_overrides(tmp_path, "killed", cache, *extra)
+    overrides = tiny_overrides(tmp_path, "killed", stage2_cache, *extra)
     assert run_stage2_subprocess(overrides, kill_at=6).returncode == -9
     assert run_stage2_subprocess(overrides).returncode == 0
     assert_identical(final_state(tmp_path / "killed"), final_state(tmp_path / "straight"))
     kill_points("stage 2")
 
 
-def test_a_finished_run_continues_when_given_more_steps(cache, uninterrupted, tmp_path):
+def test_a_finished_run_continues_when_given_more_steps(stage2_cache, uninterrupted, tmp_path):
     # The final state is checkpointed even off the checkpoint grid: 7 steps, then on to 12.
-    overrides = tiny_overrides(tmp_path, "extended", cache)
+    overrides = tiny_overrides(tmp_path, "extended", stage2_cache)
     first = run_stage2_subprocess([*overrides, "trainer.max_steps=7"])
     assert first.returncode == 0, first.stderr[-3000:]
     assert final_state(tmp_path / "extended")["step"] == 7

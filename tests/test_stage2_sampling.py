@@ -6,12 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_stage2_helpers import LATENT_SHAPE, TINY_RECIPE, make_latent_cache
+from test_stage2_helpers import LATENT_SHAPE, TINY_RECIPE
 
-from vtp_gen import create_model
 from vtp_gen.config import ConfigError, load_config
 from vtp_gen.data.images import load_png, make_grid, save_grid, save_png, to_pixels
-from vtp_gen.interop.generators import save_generator
 from vtp_gen.latents.dataset import LatentStats
 from vtp_gen.pipeline.sample.run import run as sample_run
 from vtp_gen.pipeline.stage2.config import SampleConfig
@@ -111,23 +109,8 @@ def test_adm_npz_layout(tmp_path):
 
 
 # ---------------------------------------------------------------------------
-# `vtp-gen sample` end to end, with the reference tiny VTP tokenizer (16x4x4 latents -> 64 px).
-
-
-@pytest.fixture(scope="module")
-def generator_folder(tmp_path_factory, reference_dir) -> Path:
-    folder = tmp_path_factory.mktemp("generator")
-    torch.manual_seed(0)
-    model = create_model(
-        "LightningDiT-T/1", input_size=4, in_channels=16, num_classes=4, depth=2, hidden_size=32
-    )
-    with torch.no_grad():  # adaLN-Zero starts at zero output: give the samples some structure
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    save_generator(model, folder)
-    cache = make_latent_cache(tmp_path_factory.mktemp("cache"), num_items=32)
-    (folder / "latents_stats.pt").write_bytes((cache / "latents_stats.pt").read_bytes())
-    return folder
+# `vtp-gen sample` end to end, with the reference tiny VTP tokenizer (16x4x4 latents -> 64 px) and the
+# tiny generator of conftest.py (`generator_folder`).
 
 
 def sample_config(generator: Path, tokenizer: Path, out: Path, *overrides: str):

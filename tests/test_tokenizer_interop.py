@@ -145,6 +145,7 @@ class _WritesFileWhenUnpickled:
         return (open, (self.marker, "w"))
 
 
+@pytest.mark.faults("untrusted files")
 @pytest.mark.parametrize("file_name", ["pytorch_model.bin", "model.safetensors"])
 def test_pickled_checkpoints_are_refused_without_unpickling(fixture_copy, tmp_path, file_name):
     marker = tmp_path / "unpickled.txt"
@@ -214,7 +215,7 @@ def test_vtpgen_only_options_warn_on_save(tmp_path):
         )
 
 
-@pytest.mark.faults
+@pytest.mark.faults("disk faults")
 def test_a_full_disk_during_export_leaves_the_previous_export_whole(tmp_path):
     """A real write failure (file-size limit, EFBIG) while re-exporting: the old folder still loads."""
     import subprocess

@@ -94,16 +94,6 @@ def test_output_shape_mismatch_is_explained():
         Transport().training_losses(dit, torch.randn(2, 4, 8, 8), y=torch.tensor([0, 1]))
 
 
-@pytest.fixture
-def single_thread():
-    # A model this small gains nothing from intra-op threads, and on a shared machine two OpenMP
-    # threads fighting for busy cores make every step ~10x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_training_loss_decreases_on_toy_latents(single_thread):
     torch.manual_seed(0)
     classes, channels = 4, 4

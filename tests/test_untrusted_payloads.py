@@ -19,7 +19,7 @@ from vtp_gen.latents.dataset import STATS_FILE, LatentStats
 from vtp_gen.pretrained.safe_unpickle import RefusedPickleError
 from vtp_gen.systems.trainer import AtomicCheckpointIO, find_resume_checkpoint
 
-pytestmark = pytest.mark.faults
+pytestmark = pytest.mark.faults("untrusted files")
 
 
 def assert_no_unsafe_advice(error: Exception) -> None:

@@ -22,7 +22,7 @@ from vtp_gen.interop.vtp import load_tokenizer
 from vtp_gen.pipeline.cli import main as cli_main
 from vtp_gen.pipeline.cli import write_fault_message
 
-pytestmark = pytest.mark.faults
+pytestmark = pytest.mark.faults("config and environment")
 
 
 def one_line(capsys) -> str:

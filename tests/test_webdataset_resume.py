@@ -14,6 +14,8 @@ from vtp_gen.data.decode import Skipped
 from vtp_gen.data.webdataset import ImageTextShards, batches_delivered_by_worker
 from vtp_gen.data.write_shards import shard_pattern, write_shards
 
+pytestmark = pytest.mark.faults("resume data position")
+
 NUM_SAMPLES = 30
 BATCH = 4
 
