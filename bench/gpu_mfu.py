@@ -74,7 +74,7 @@ from vtp_bench.results import (  # noqa: E402
 )
 from vtp_bench.stage1 import stage1_step_group  # noqa: E402
 from vtp_bench.stage2 import stage2_step_group  # noqa: E402
-from vtp_bench.suite import Group, Settings, run_group  # noqa: E402
+from vtp_bench.suite import Group, Settings, load_average, run_group  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 H200_DENSE_BF16 = 989.4e12  # data-sheet dense bf16 FLOP/s (SXM), for reference only
@@ -102,18 +102,35 @@ def precision_checks(device: torch.device, dry_run: bool) -> list[dict]:
     return results
 
 
+def with_load(context: dict) -> dict:
+    load = load_average()
+    return {**context, "load": "" if load is None else f"{load:.3g}"}
+
+
 def precision_rows(result: dict, context: dict) -> list[dict]:
     name, config = result["benchmark"], result["config"]
+    context = with_load(context)
     rows = [row(context, name, config, "passed", int(result["passed"]), "bool")]
-    for metric in ("worst_loss_difference", "gradient_cosine", "gradient_relative_error"):
-        if metric in result:
-            rows.append(row(context, name, config, metric, result[metric], "ratio"))
+    if "gradient_cosine" in result:
+        rows += [
+            row(context, name, config, "worst_loss_difference", result["worst_loss_difference"], "relative"),
+            row(context, name, config, "gradient_cosine", f"{result['gradient_cosine']:.6f}", "cosine"),
+            row(
+                context,
+                name,
+                config,
+                "gradient_relative_error",
+                result["gradient_relative_error"],
+                "relative",
+            ),
+        ]
     return rows
 
 
 def recipe_rows(result: dict, context: dict, dry_run: bool) -> list[dict]:
     name = result["name"]  # recipe/<stage>/<recipe>
     config = f"B={result.get('batch_size', '?')}" + (" tiny" if dry_run else "")
+    context = with_load(context)
     rows = [row(context, name, config, "passed", int(result["passed"]), "bool")]
     if result.get("step_s") is not None:
         rows.append(row(context, name, config, "time", 1e3 * result["step_s"], "ms"))
