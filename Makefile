@@ -64,7 +64,7 @@ tables:  ## the paper's tables beside the numbers of your runs
 scaling:  ## the small scaling study (about an hour on CPU)
 	$(PY) eval/scaling.py $(STEP_OPTS)
 
-bench:  ## throughput / MFU / memory benchmarks
+bench:  ## throughput / MFU / memory benchmarks, appended as CSV rows (runs/bench/results.csv)
 	$(PY) bench/run.py $(ARGS)
 
 gpu-kit:  ## wheels the lent GPU machine lacks, into .whl/ (then `bash bench/gpu_run.sh` there)

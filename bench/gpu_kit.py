@@ -13,7 +13,7 @@ venv, i.e. the versions the tests ran, into ``.whl/`` (git-ignored). Then:
 
 ``bash bench/gpu_run.sh`` installs the wheels into /tmp/site (not the image's
 environment), puts ``src`` on the path (vtp_gen is not installed there) and
-leaves the JSON, the chart and the log in ``$OUT``.
+leaves the CSV rows and the log in ``$OUT``.
 
 ``DEVICE_IMAGE_PACKAGES`` is the image's package list as the workplace's
 machine notes gave it (2026-11-17); ``python bench/gpu_kit.py --check``
@@ -154,7 +154,7 @@ def download(pins: list[str], folder: Path = WHEEL_DIR) -> list[Path]:
 
 
 # The dry run --check makes: eager, one case per stage (the other sizes import the same modules).
-CHECK_ARGS = ["--no-compile", "--only", "stage1/B", "stage2/B", "--out", "/tmp/gpu-kit-check.json"]
+CHECK_ARGS = ["--no-compile", "--only", "stage1/B", "stage2/B", "--csv", "/tmp/gpu-kit-check.csv"]
 
 
 def imported_distributions(dry_run_args: list[str]) -> set[str]:

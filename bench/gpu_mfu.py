@@ -30,9 +30,11 @@ stage 2: the whole generator, as ``trainer.compile=true`` does). Compilation
 happens in the first, untimed call; cases that would start after the time
 budget (``--budget-s``, default 390 s) are skipped and say so, so the whole
 run stays under 8 minutes; the targets' models (XL/1, VTP-L) go first.
-Prints a table per case and the MFU targets, and writes JSON
-(``runs/bench/gpu-mfu-<time>.json``) in the format of ``bench/run.py``, with
-its chart beside it (``.png``).
+Prints a table and the MFU targets, and appends every number as CSV rows in
+``bench/run.py``'s columns (``--csv``, default ``runs/bench/gpu.csv``): the MFU
+cases as ``stage1/step`` / ``stage2/step`` with config ``XL`` or ``XL compiled``,
+the recipes as ``recipe/<stage>/<recipe>`` and the bf16 check as
+``bf16_check/<stage>`` (metric ``passed`` 1 or 0, and what it measured).
 
 FLOPs are counted by torch's FlopCounterMode on one eager step (matmuls,
 convolutions, attention; forward and backward); MFU = achieved FLOP/s / the
@@ -52,7 +54,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch  # noqa: E402
-from vtp_bench.plots import chart_beside  # noqa: E402
 from vtp_bench.precision import (  # noqa: E402
     compare,
     format_comparison,
@@ -60,20 +61,20 @@ from vtp_bench.precision import (  # noqa: E402
     stage2_under_test,
 )
 from vtp_bench.recipes import RECIPE_CASES, format_recipe_result, run_recipe_case  # noqa: E402
-from vtp_bench.report import (  # noqa: E402
+from vtp_bench.results import (  # noqa: E402
     GPU_TARGETS,
-    SCHEMA,
     Target,
+    append_csv,
     check_targets,
-    format_group,
+    format_table,
     format_targets,
-    machine_description,
-    utc_now,
-    write_json,
+    group_rows,
+    row,
+    run_context,
 )
 from vtp_bench.stage1 import stage1_step_group  # noqa: E402
 from vtp_bench.stage2 import stage2_step_group  # noqa: E402
-from vtp_bench.suite import Group, Settings, run_group  # noqa: E402
+from vtp_bench.suite import Group, Settings, load_average, run_group  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 H200_DENSE_BF16 = 989.4e12  # data-sheet dense bf16 FLOP/s (SXM), for reference only
@@ -88,52 +89,61 @@ def precision_checks(device: torch.device, dry_run: bool) -> list[dict]:
     """bf16 vs fp32 of each precision case; a failure is recorded and the run goes on to the MFU cases."""
     results = []
     for stage, size, under_test in PRECISION_CASES:
-        started = time.perf_counter()
+        size = "tiny" if dry_run else size
         try:
-            result = compare(under_test("tiny" if dry_run else size, device), device)
+            result = compare(under_test(size, device), device)
             print(format_comparison(result), flush=True)
         except Exception as error:  # reported; the MFU minutes are kept
-            result = {"name": f"{stage}/{size}", "error": f"{type(error).__name__}: {error}", "passed": False}
+            result = {"error": f"{type(error).__name__}: {error}", "passed": False}
             print(f"== bf16 vs fp32: {stage}/{size}: ERROR {result['error']}", flush=True)
-        result["elapsed_s"] = round(time.perf_counter() - started, 1)
-        results.append(result)
+        results.append({**result, "benchmark": f"bf16_check/{stage}", "config": size})
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return results
 
 
+def with_load(context: dict) -> dict:
+    load = load_average()
+    return {**context, "load": "" if load is None else f"{load:.3g}"}
+
+
+def precision_rows(result: dict, context: dict) -> list[dict]:
+    name, config = result["benchmark"], result["config"]
+    context = with_load(context)
+    rows = [row(context, name, config, "passed", int(result["passed"]), "bool")]
+    if "gradient_cosine" in result:
+        rows += [
+            row(context, name, config, "worst_loss_difference", result["worst_loss_difference"], "relative"),
+            row(context, name, config, "gradient_cosine", f"{result['gradient_cosine']:.6f}", "cosine"),
+            row(
+                context,
+                name,
+                config,
+                "gradient_relative_error",
+                result["gradient_relative_error"],
+                "relative",
+            ),
+        ]
+    return rows
+
+
+def recipe_rows(result: dict, context: dict, dry_run: bool) -> list[dict]:
+    name = result["name"]  # recipe/<stage>/<recipe>
+    config = f"B={result.get('batch_size', '?')}" + (" tiny" if dry_run else "")
+    context = with_load(context)
+    rows = [row(context, name, config, "passed", int(result["passed"]), "bool")]
+    if result.get("step_s") is not None:
+        rows.append(row(context, name, config, "time", 1e3 * result["step_s"], "ms"))
+    if result.get("peak_memory_gib") is not None:
+        rows.append(row(context, name, config, "peak_memory", 1024 * result["peak_memory_gib"], "MiB"))
+    return rows
+
+
 def case_group(case: str, dry_run: bool) -> Group:
     """The case's group; a dry run measures the tiny CPU setting of the same stage instead."""
     stage, size = case.split("/")
-    if stage == "stage1":
-        return stage1_step_group(
-            "tiny" if dry_run else size,
-            ("all",),
-            with_collate=False,
-            fused_adamw_variant=False,
-            same_calls_baseline=False,  # the GPU minutes go to the MFU of the step itself
-        )
-    return stage2_step_group("tiny" if dry_run else size, fused_adamw_variant=False)
-
-
-def renamed(record: dict, case: str, compiled: bool) -> dict:
-    """Prefix workload names with gpu/<case>/<mode> so targets can find them (e.g. gpu/stage2/XL/step)."""
-    mode = "compiled" if compiled else "eager"
-    record = dict(record, name=f"gpu/{case}/{mode}", tags=[*record.get("tags", []), mode])
-    workloads = []
-    for w in record.get("workloads", []):
-        leaf = w["name"].rsplit("/", 1)[-1]
-        base = w["baseline"].rsplit("/", 1)[-1] if w["baseline"] else None
-        suffix = "" if not compiled else "_compiled"
-        workloads.append(
-            dict(
-                w,
-                name=f"gpu/{case}/{leaf}{suffix}",
-                baseline=f"gpu/{case}/{base}{suffix}" if base else None,
-            )
-        )
-    record["workloads"] = workloads
-    return record
+    size = "tiny" if dry_run else size
+    return stage1_step_group(size) if stage == "stage1" else stage2_step_group(size)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -152,7 +162,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="skip cases that would start after this many seconds (default 390 on a GPU, none in a dry run)",
     )
-    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--csv", type=Path, default=REPO_ROOT / "runs" / "bench" / "gpu.csv", help="append rows"
+    )
     return parser.parse_args(argv)
 
 
@@ -169,86 +181,73 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("no CUDA device: run with --dry-run to check the script on the CPU")
     modes = [False] if args.no_compile else [False, True]
     budget = args.budget_s if args.budget_s is not None else (float("inf") if args.dry_run else 390.0)
-    out = args.out or REPO_ROOT / "runs" / "bench" / f"gpu-mfu-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    record = {
-        "schema": SCHEMA,
-        "created": utc_now(),
-        "suite": "gpu_mfu" + ("_dry_run" if args.dry_run else ""),
-        "machine": machine_description(device),
-        "settings": {
-            "rounds": args.rounds,
-            "precision": "fp32 (dry run; the recipe steps keep bf16-mixed)"
-            if args.dry_run
-            else "bf16 autocast, TF32 for fp32 matmuls",
-            "compile": "regional (stage 1 blocks) / whole model (stage 2)",
-            "budget_s": None if budget == float("inf") else budget,
-        },
-        "groups": [],
-        "targets": [],
-        "precision": [],
-        "recipes": [],
-    }
+    context = run_context(device)
     print(f"gpu_mfu on {device}{' (dry run: tiny stand-ins)' if args.dry_run else ''}", flush=True)
+    rows, failed = [], []
     if not args.no_recipes:
         for case in RECIPE_CASES:
             result = run_recipe_case(case, device, tiny=args.dry_run)
-            record["recipes"].append(result)
             print(format_recipe_result(result), flush=True)
-            write_json(record, out)
+            if result.get("traceback"):
+                print(result["traceback"], flush=True)
+            rows += append_rows(args.csv, recipe_rows(result, context, args.dry_run))
+            failed += [] if result["passed"] else [result["name"]]
     if not args.no_precision:
-        record["precision"] = precision_checks(device, args.dry_run)
-        write_json(record, out)
+        for result in precision_checks(device, args.dry_run):
+            rows += append_rows(args.csv, precision_rows(result, context))
+            failed += [] if result["passed"] else [result["benchmark"]]
     for compiled in modes:
         for case in args.only:
             elapsed = time.perf_counter() - started
-            name = f"gpu/{case}/{'compiled' if compiled else 'eager'}"
+            name = f"{case} {'compiled' if compiled else 'eager'}"
             if elapsed > budget:
-                result = {"name": name, "description": case, "status": "skipped", "workloads": []}
-                result["reason"] = f"time budget: {elapsed:.0f}s > {budget:.0f}s"
-            else:
-                settings = Settings(
-                    device=device,
-                    rounds=2 if args.dry_run else args.rounds,
-                    warmup=1,
-                    min_sample_s=0.0 if args.dry_run else 0.5,
-                    memory=True,
-                    compile=compiled,
-                    quick=args.dry_run,
-                )
-                group = case_group(case, args.dry_run)
-                result = renamed(run_group(group, settings), case, compiled)
-            record["groups"].append(result)
-            print(format_group(result), flush=True)
-            if result["status"] == "ok" and device.type == "cuda":
-                for w in result["workloads"]:
-                    if w["achieved_flops_per_s"]:
-                        share = w["achieved_flops_per_s"] / H200_DENSE_BF16
-                        print(f"   {w['name']}: {100 * share:.1f}% of the H200 data-sheet bf16 peak")
-            record["elapsed_s"] = round(time.perf_counter() - started, 1)
-            write_json(record, out)
+                print(f"{name}: SKIPPED (time budget: {elapsed:.0f}s > {budget:.0f}s)", flush=True)
+                continue
+            settings = Settings(
+                device=device,
+                rounds=2 if args.dry_run else args.rounds,
+                warmup=1,
+                min_sample_s=0.0 if args.dry_run else 0.5,
+                memory=True,
+                compile=compiled,
+                quick=args.dry_run,
+            )
+            record = run_group(case_group(case, args.dry_run), settings)
+            if record["status"] != "ok":
+                print(f"{name}: {record['status'].upper()}: {record['reason']}", flush=True)
+                print(record.get("traceback", ""), flush=True)
+                failed.append(name)
+                continue
+            print(f"{name} ({record['elapsed_s']:.0f} s)", flush=True)
+            new = append_rows(args.csv, group_rows(record, context))
+            rows += new
+            if device.type == "cuda":
+                for r in new:
+                    if r["metric"] == "flop_rate" and not r["benchmark"].endswith("matmul_peak"):
+                        share = float(r["value"]) * 1e9 / H200_DENSE_BF16
+                        print(
+                            f"   {r['benchmark']} {r['config']}: {100 * share:.1f}% of the H200 data-sheet bf16 peak"
+                        )
+    print(format_table(rows))
     targets = list(GPU_TARGETS)
     if not args.no_compile:
         targets += [
-            Target(t.name + " (compiled)", t.workload + "_compiled", t.metric, t.threshold)
+            Target(t.name + " (compiled)", t.benchmark, t.config + " compiled", t.metric, t.threshold)
             for t in GPU_TARGETS
         ]
-    record["targets"] = check_targets(record["groups"], targets)
-    record["elapsed_s"] = round(time.perf_counter() - started, 1)
-    write_json(record, out)
-    print(format_targets(record["targets"]))
+    print(format_targets(check_targets(rows, targets)))
     if args.dry_run:
         print("   (dry run: these are the tiny CPU stand-ins, not the GPU sizes)")
-    print(f"wrote {out} ({record['elapsed_s']:.0f}s)")
-    if chart := chart_beside(record, out):
-        print(f"wrote {chart}")
-    failed_precision = [r["name"] for r in record["precision"] if not r["passed"]]
-    if failed_precision:
-        print(f"bf16 outside tolerance or failed: {', '.join(failed_precision)}", file=sys.stderr)
-    failed_recipes = [r["name"] for r in record["recipes"] if not r["passed"]]
-    if failed_recipes:
-        print(f"recipe steps failed: {', '.join(failed_recipes)}", file=sys.stderr)
-    failed = failed_precision or failed_recipes or any(g["status"] == "error" for g in record["groups"])
-    return 1 if failed else 0
+    print(f"appended {len(rows)} rows to {args.csv} ({time.perf_counter() - started:.0f}s)")
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def append_rows(path: Path, rows: list[dict]) -> list[dict]:
+    append_csv(path, rows)  # as they come: a run cut short keeps what it measured
+    return rows
 
 
 if __name__ == "__main__":

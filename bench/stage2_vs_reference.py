@@ -25,29 +25,30 @@ would reach it and no more.
 
 Workloads are timed in interleaved rounds (``vtp_bench.timing``), so a load
 spike of the shared machine hits both sides of a ratio; the script prints
-the median ratio, its range over rounds and the load average, and writes
-them as JSON (``--out``).
+the median ratio, its range over rounds and the load average, and appends
+them as CSV rows in ``bench/run.py``'s columns (``--csv``): benchmark
+``stage2_reference/<side>``, metric ``time`` (ms per step; ``ratio`` = speed
+against the reference as shipped, median over rounds), ``ratio_min`` /
+``ratio_max`` (its range), ``gemm_share`` (%), and
+``stage2_reference/gemm_ceiling``.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
-import platform
 import sys
-import time
 import types
 from collections import OrderedDict
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from vtp_bench.timing import interleaved_times, median, paired_ratio  # noqa: E402
+from vtp_bench.results import append_csv, row, run_context  # noqa: E402
+from vtp_bench.timing import interleaved_times, median, paired_ratio, spread  # noqa: E402
 
 from vtp_gen.models.generators.presets import LIGHTNINGDIT_RECIPE  # noqa: E402
 
@@ -59,6 +60,7 @@ ARCH = {
     "num_classes": 1000,
 }
 BATCH = 64
+CONFIG = "d12-w384-B64"  # the CSV rows' config: depth, width, batch
 LR, BETAS = 2e-4, (0.9, 0.95)
 
 
@@ -172,6 +174,43 @@ def gemm_share(step) -> dict:
     return {"step_ms": total / 1e3, "gemm_ms": gemm / 1e3, "gemm_share": gemm / total}
 
 
+def result_rows(result: dict) -> list[dict]:
+    """CSV rows of one comparison (``main``'s result)."""
+    context = {k: result[k] for k in ("date", "machine", "torch", "threads", "commit")}
+    context["load"] = f"{result['load_average']['before'][0]:.3g}"
+    rows = []
+    for name, times in result["samples_s"].items():
+        benchmark = f"stage2_reference/{name}"
+        speed = result["speed_vs_reference"].get(name)
+        compared = {"baseline": "stage2_reference/reference", "ratio": speed["median"]} if speed else {}
+        rows.append(
+            row(
+                context,
+                benchmark,
+                CONFIG,
+                "time",
+                1e3 * median(times),
+                "ms",
+                spread=spread(times),
+                **compared,
+            )
+        )
+        if speed:
+            rows.append(row(context, benchmark, CONFIG, "ratio_min", speed["min"], "x"))
+            rows.append(row(context, benchmark, CONFIG, "ratio_max", speed["max"], "x"))
+        if name in result.get("profile", {}):
+            rows.append(
+                row(
+                    context, benchmark, CONFIG, "gemm_share", 100 * result["profile"][name]["gemm_share"], "%"
+                )
+            )
+    if result.get("gemm_ceiling"):
+        rows.append(
+            row(context, "stage2_reference/gemm_ceiling", CONFIG, "ratio", result["gemm_ceiling"], "x")
+        )
+    return rows
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -185,7 +224,9 @@ def main(argv: list[str] | None = None) -> dict:
         action="store_true",
         help="also time the reference with its compiles switched off",
     )
-    parser.add_argument("--out", type=Path, default=Path("runs/bench/stage2-vs-reference.json"))
+    parser.add_argument(
+        "--csv", type=Path, default=Path("runs/bench/results.csv"), help="append the rows here"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -197,34 +238,24 @@ def main(argv: list[str] | None = None) -> dict:
     runners["ours"] = OurStep()
     if args.compile:
         runners["ours_compiled"] = OurStep(compiled=True)
-    params = {name: sum(p.numel() for p in step.model.parameters()) for name, step in runners.items()}
+    params = sum(p.numel() for p in runners["ours"].model.parameters())
 
+    context = run_context("cpu")
     load_before = os.getloadavg()
-    started = time.perf_counter()
     # Two warm-up calls: the first compiles (reference, ours_compiled), the second settles the allocator.
     samples = interleaved_times(runners, args.rounds, "cpu", warmup=2)
-    elapsed = time.perf_counter() - started
     load_after = os.getloadavg()
     profiles = {name: gemm_share(step) for name, step in runners.items()}
     ceiling = 1 / profiles["reference"]["gemm_share"]
-
     result = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-        "torch": torch.__version__,
-        "threads": args.threads,
-        "config": {**ARCH, "batch_size": BATCH},
-        "parameters": params,
-        "rounds": args.rounds,
-        "seconds": round(elapsed, 1),
+        **context,
         "load_average": {"before": load_before, "after": load_after},
-        "median_ms": {name: 1e3 * median(times) for name, times in samples.items()},
         "samples_s": samples,
         "speed_vs_reference": {},
         "profile": profiles,
         "gemm_ceiling": ceiling,
     }
-    print(f"stage-2 step, {params['ours'] / 1e6:.1f}M parameters, B={BATCH}, {args.threads} threads")
+    print(f"stage-2 step, {params / 1e6:.1f}M parameters, B={BATCH}, {args.threads} threads")
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (1 min)")
     for name, times in samples.items():
         line = f"  {name:16s} {1e3 * median(times):8.1f} ms/step"
@@ -240,9 +271,9 @@ def main(argv: list[str] | None = None) -> dict:
         f"ceiling: the reference spends {100 / ceiling:.0f} % of its step in the GEMMs both sides share, "
         f"so no step of the same FLOPs exceeds {ceiling:.2f}x its speed on this machine"
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
-    print(f"wrote {args.out}")
+    rows = result_rows(result)
+    append_csv(args.csv, rows)
+    print(f"appended {len(rows)} rows to {args.csv}")
     return result
 
 

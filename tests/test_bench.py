@@ -6,7 +6,7 @@ the import path by pytest's ``monkeypatch.syspath_prepend`` for these tests only
 
 from __future__ import annotations
 
-import json
+import csv
 import math
 import os
 import subprocess
@@ -17,6 +17,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from vtp_gen.utils.flops import count_flops
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BENCH_DIR = REPO_ROOT / "bench"
 
@@ -24,35 +26,35 @@ BENCH_DIR = REPO_ROOT / "bench"
 @pytest.fixture
 def bench(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCH_DIR))
-    import vtp_bench.flops
     import vtp_bench.memory
-    import vtp_bench.report
+    import vtp_bench.results
+    import vtp_bench.suite
     import vtp_bench.timing
 
     return vtp_bench
 
 
-def test_flops_of_a_linear_layer_forward_and_backward(bench):
+def test_flops_of_a_linear_layer_forward_and_backward():
     layer = torch.nn.Linear(32, 48, bias=False)
     x = torch.randn(10, 32, requires_grad=True)
     # forward, grad of the input, grad of the weight: three (10 x 32 x 48) products of 2 FLOPs per MAC
-    assert bench.flops.count_flops(lambda: layer(x).sum().backward()) == 3 * 2 * 10 * 32 * 48
+    assert count_flops(lambda: layer(x).sum().backward()) == 3 * 2 * 10 * 32 * 48
 
 
-def test_cpu_attention_kernels_are_counted(bench):
+def test_cpu_attention_kernels_are_counted():
     b, h, n, d = 2, 3, 17, 8
     q = torch.randn(b, h, n, d, requires_grad=True)
     k, v = torch.randn(b, h, n, d), torch.randn(b, h, n, d)
-    forward = bench.flops.count_flops(lambda: F.scaled_dot_product_attention(q, k, v))
+    forward = count_flops(lambda: F.scaled_dot_product_attention(q, k, v))
     assert forward == 2 * (2 * b * h * n * n * d)  # scores and weighted sum
-    both = bench.flops.count_flops(lambda: F.scaled_dot_product_attention(q, k, v).sum().backward())
+    both = count_flops(lambda: F.scaled_dot_product_attention(q, k, v).sum().backward())
     assert both == forward + 5 * (2 * b * h * n * n * d)  # torch's backward formula (recomputes scores)
 
 
 def test_matmul_peak_probe_counts_its_flops(bench):
-    probe = bench.flops.MatmulPeak("cpu", size=64, repeats=3)
+    probe = bench.suite.MatmulPeak("cpu", size=64, repeats=3)
     assert probe.flops_per_call == 3 * 2 * 64**3
-    assert bench.flops.count_flops(probe) == probe.flops_per_call
+    assert count_flops(probe) == probe.flops_per_call
 
 
 def test_live_tensor_bytes_tracks_allocations_and_frees(bench):
@@ -95,87 +97,77 @@ def test_self_timed_runners_report_their_own_seconds(bench):
     assert samples["job"] == [0.25, 0.25]
 
 
-def test_targets_are_checked_against_measured_workloads(bench):
-    report = bench.report
-    groups = [{"workloads": [{"name": "w", "mfu": 0.5, "ratio_vs_baseline": None}]}]
-    targets = [
-        report.Target("mfu", "w", "mfu", 0.4),
-        report.Target("ratio", "w", "ratio_vs_baseline", 1.0),
-        report.Target("absent", "x", "mfu", 0.4),
-    ]
-    met = [t["met"] for t in report.check_targets(groups, targets)]
-    assert met == [True, None, None]
+def _group_record() -> dict:
+    """What suite.run_group returns for a measured group: ours by FLOP rate, a variant by throughput."""
 
+    def workload(name, baseline=None, compare="throughput", ratio=None, flops=2e9, memory=2**20):
+        return {"name": name, "unit": "img", "items": 8, "seconds": 0.5, "spread": 0.1, "flops": flops,
+                "flop_rate": flops / 0.5 if flops else None, "mfu": 0.25 if flops else None,
+                "memory_bytes": memory, "baseline": baseline, "compare": compare, "ratio": ratio}  # fmt: skip
 
-def _workload(name: str, baseline: str | None = None, **numbers) -> dict:
-    return {"name": name, "baseline": baseline, "compare": "flop_rate", "mfu": None,
-            "ratio_vs_baseline": None, **numbers}  # fmt: skip
-
-
-def _chart_record() -> dict:
-    ours = _workload("s/tiny/step", "s/tiny/timm", mfu=0.30, ratio_vs_baseline=0.8)
-    variant = _workload("s/tiny/step_variant", "s/tiny/step", ratio_vs_baseline=1.1, compare="throughput")
-    timm = _workload("s/tiny/timm", mfu=0.40)
     return {
-        "suite": "cpu",
-        "machine": {"device": "cpu", "cpu": "test cpu", "torch_threads": 2},
-        "groups": [
-            {"name": "s/tiny", "status": "ok", "workloads": [ours, variant, timm]},
-            {"name": "s/big", "status": "skipped", "reason": "no GPU", "workloads": []},
+        "kind": "stage1",
+        "config": "tiny",
+        "load": 1.25,
+        "status": "ok",
+        "peak_flop_rate": 16e9,
+        "workloads": [
+            workload("step", "timm_vit", "flop_rate", 0.8),
+            workload("collate", "step", "throughput", 4.0, flops=None, memory=None),
+            workload("timm_vit"),
         ],
-        "targets": [
-            {"name": "tiny parity", "workload": "s/tiny/step", "metric": "ratio_vs_baseline",
-             "threshold": 1.0, "value": 0.8, "met": False},
-        ],
-    }  # fmt: skip
+    }
 
 
-def test_chart_rows_mark_baselines_and_targets(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCH_DIR))
-    from vtp_bench.plots import mfu_rows, ratio_rows
+def test_group_rows_carry_the_run_and_the_ratio_on_the_compared_metric(bench):
+    results = bench.results
+    context = {"date": "2026-01-01T00:00:00+00:00", "machine": "cpu, 2 cores", "torch": "2.x", "threads": 2,
+               "commit": "abc1234"}  # fmt: skip
+    rows = results.group_rows(_group_record(), context)
+    assert all(tuple(r) == results.COLUMNS for r in rows)
+    assert {r["commit"] for r in rows} == {"abc1234"} and {r["load"] for r in rows} == {"1.25"}
+    by = {(r["benchmark"], r["metric"]): r for r in rows}
+    assert by[("stage1/matmul_peak", "flop_rate")]["value"] == "16"
+    assert by[("stage1/step", "throughput")]["value"] == "16"  # 8 images in 0.5 s
+    assert by[("stage1/step", "time")]["value"] == "500"
+    assert by[("stage1/step", "mfu")]["value"] == "25"
+    assert by[("stage1/step", "peak_memory")]["value"] == "1"
+    # The step is compared by FLOP rate: the ratio is on that row, not on its throughput.
+    assert by[("stage1/step", "flop_rate")]["ratio"] == "0.8"
+    assert by[("stage1/step", "flop_rate")]["baseline"] == "stage1/timm_vit"
+    assert by[("stage1/step", "throughput")]["ratio"] == ""
+    assert by[("stage1/collate", "throughput")]["ratio"] == "4"
+    assert ("stage1/collate", "mfu") not in by and ("stage1/collate", "peak_memory") not in by
+    assert results.group_rows({**_group_record(), "status": "error"}, context) == []
 
-    record = _chart_record()
-    ratios = ratio_rows(record)
-    assert [(r.label, r.value) for r in ratios] == [
-        ("s/tiny step (flop rate)", 0.8),
-        ("s/tiny step_variant (throughput)", 1.1),
-    ]
-    assert (ratios[0].target, ratios[0].target_met) == (1.0, False)
-    assert ratios[1].target is None
-    mfus = mfu_rows(record)
-    # The step is the variant's baseline but has its own: it is ours, only timm is a baseline.
-    assert [(r.label, r.is_baseline) for r in mfus] == [("s/tiny step", False), ("s/tiny timm", True)]
-    assert mfus[0].target is None  # the target reads the ratio, not the MFU
-    # gpu_mfu.py's groups end in the mode, its workloads do not.
-    gpu = {"groups": [{"name": "gpu/stage2/XL/compiled", "status": "ok",
-                       "workloads": [_workload("gpu/stage2/XL/step_compiled", mfu=0.5)]}]}  # fmt: skip
-    assert [r.label for r in mfu_rows(gpu)] == ["gpu/stage2/XL/compiled step_compiled"]
-
-
-def test_bench_chart_draws_a_saved_result(monkeypatch, tmp_path):
-    from PIL import Image
-
-    monkeypatch.syspath_prepend(str(BENCH_DIR))
-    from vtp_bench.plots import chart_beside, plot_record
-
-    small = plot_record(_chart_record(), tmp_path / "small.png")
-    saved = json.loads((BENCH_DIR / "results" / "same-calls-2threads.json").read_text())
-    full = plot_record(saved, tmp_path / "nested" / "full.png")
-    with Image.open(small) as a, Image.open(full) as b:
-        assert a.format == b.format == "PNG"
-        assert b.height > a.height  # one row scale: more workloads, a taller picture
-    skipped = {**_chart_record(), "groups": [_chart_record()["groups"][1]]}
-    with pytest.raises(ValueError, match="no measured ratio or MFU"):
-        plot_record(skipped, tmp_path / "none.png")
-    assert chart_beside(skipped, tmp_path / "none.json") is None  # what run.py does after such a run
-    assert chart_beside(_chart_record(), tmp_path / "run.json") == tmp_path / "run.png"
+    checked = results.check_targets(rows, [
+        results.Target("ratio", "stage1/step", "tiny", "ratio", 1.0),
+        results.Target("mfu", "stage1/step", "tiny", "mfu", 20.0),
+        results.Target("absent", "stage1/step", "small-B", "mfu", 20.0),
+    ])  # fmt: skip
+    assert [value for _, value in checked] == [0.8, 25.0, None]
+    printed = results.format_targets(checked)
+    assert "not met" in printed and "MET" in printed and "not measured" in printed
+    table = results.format_table(rows, markdown=True)
+    assert "| stage1/step | tiny |" in table and "0.80x timm_vit (flop rate)" in table
+    assert "matmul_peak" not in table
 
 
-WORKLOAD_KEYS = {
-    "name", "unit", "items_per_call", "seconds_per_call", "seconds_samples", "spread", "throughput",
-    "calls_per_s", "flops_per_call", "flops_source", "achieved_flops_per_s", "mfu", "peak_memory_bytes",
-    "params", "baseline", "compare", "ratio_vs_baseline", "notes", "info",
-}  # fmt: skip
+def test_csv_appends_under_one_header_and_refuses_other_columns(bench, tmp_path):
+    results = bench.results
+    context = {"date": "d1", "machine": "m", "torch": "t", "threads": 1, "commit": "c"}
+    path = tmp_path / "sub" / "results.csv"
+    first = results.group_rows(_group_record(), context)
+    results.append_csv(path, first)
+    results.append_csv(path, results.group_rows(_group_record(), {**context, "date": "d2"}))
+    read = results.read_csv(path)
+    assert len(read) == 2 * len(first) and path.read_text().count("date,machine") == 1
+    # The table shows the newest run of each benchmark and config.
+    assert {e["date"] for e in results.wide(read)} == {"d2"}
+    other = tmp_path / "other.csv"
+    other.write_text("a,b\n1,2\n")
+    with pytest.raises(SystemExit, match="other columns"):
+        results.append_csv(other, first)
 
 
 def run_bench_script(script: str, *args: str) -> subprocess.CompletedProcess:
@@ -193,104 +185,46 @@ def run_bench_script(script: str, *args: str) -> subprocess.CompletedProcess:
     return done
 
 
-def test_block_calls_group_into_tower_forwards(bench):
-    from vtp_bench.replay import BlockCall, TowerForward, group_forwards
-
-    def call(tower, index, batch, tokens=65, grad=True):
-        return BlockCall(tower, index, 64, 4, batch, tokens, grad)
-
-    calls = [call("t", 0, 8), call("t", 1, 8), call("t", 0, 4, 17), call("t", 1, 4, 17), call("d", 0, 2)]
-    assert group_forwards(calls) == [
-        TowerForward("t", 64, 4, 8, 65, 2, True),
-        TowerForward("t", 64, 4, 4, 17, 2, True),
-        TowerForward("d", 64, 4, 2, 65, 1, True),
-    ]
-    # The same tower again from block 0 with other autograd state is another forward.
-    assert len(group_forwards([call("t", 0, 8), call("t", 0, 8, grad=False)])) == 2
-    with pytest.raises(ValueError, match="does not continue"):
-        group_forwards([call("t", 1, 8)])
+def read_rows(path: Path) -> list[dict]:
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        assert tuple(reader.fieldnames) == COLUMNS
+        return list(reader)
 
 
-def test_same_calls_replay_covers_every_tower_of_the_stage1_step(bench):
-    from vtp_bench.replay import SameCallsReplay, record_forwards
-    from vtp_bench.stage1 import PretrainingStep, load_stage1_config, perceptual_network
-    from vtp_bench.suite import Settings
-
-    settings = Settings(device=torch.device("cpu"))
-    cfg = load_stage1_config("tiny", batch_size=8)
-    step = PretrainingStep(cfg, settings, perceptual_network(settings.device)[0])
-    forwards = record_forwards(step)
-    model = step.system.model
-    depths = {
-        "model.trunk.blocks": len(model.trunk.blocks),
-        "teacher.trunk.blocks": len(model.trunk.blocks),
-        "model.pixel_decoder.blocks": len(model.pixel_decoder.blocks),
-        "model.text.transformer.resblocks": len(model.text.transformer.resblocks),
-    }
-    assert {f.tower for f in forwards} == set(depths)
-    for f in forwards:
-        assert f.depth == depths[f.tower], f
-        # Only the EMA teacher runs without autograd.
-        assert f.grad == (not f.tower.startswith("teacher")), f
-    grid_tokens = (cfg.data.image_size // model.trunk.patch_size) ** 2
-    assert any(f.tower == "model.trunk.blocks" and f.tokens == grid_tokens + 1 for f in forwards)
-    replay = SameCallsReplay(forwards, settings.device, settings)
-    replay()
-    for name, blocks in replay.towers.items():
-        has_grads = all(p.grad is not None for p in blocks.parameters())
-        assert has_grads == (not name.startswith("teacher")), name
-    assert "teacher.trunk" in replay.describe() and "*" in replay.describe()
+COLUMNS = ("date", "machine", "torch", "threads", "commit", "load", "benchmark", "config", "metric",
+           "value", "unit", "baseline", "ratio", "spread")  # fmt: skip
 
 
-def test_quick_suite_runs_every_group_and_writes_the_json_schema(tmp_path):
-    out = tmp_path / "bench.json"
-    done = run_bench_script("run.py", "--quick", "--threads", "1", "--out", str(out))
-    record = json.loads(out.read_text())
-    assert record["schema"] == "vtp_gen.bench/1"
-    assert record["settings"]["quick"] is True
-    assert record["machine"]["torch_threads"] == 1
-    names = {g["name"] for g in record["groups"]}
-    assert {"stage1/tiny", "towers/tiny", "decoder_finetune/tiny", "caching/tiny", "stage2/tiny"} <= names
-    assert {"sampling/tiny", "fid_features/tiny", "attention/quick"} <= names
-    for group in record["groups"]:
-        assert group["status"] in ("ok", "skipped"), group.get("reason")
-        if group["status"] == "skipped":
-            assert group["reason"]
-            continue
-        assert group["peak"]["flops_per_s"] > 0
-        names_in_group = {w["name"] for w in group["workloads"]}
-        for w in group["workloads"]:
-            assert set(w) == WORKLOAD_KEYS, w["name"]
-            assert len(w["seconds_samples"]) == record["settings"]["rounds"]
-            assert w["throughput"] > 0 and math.isfinite(w["throughput"])
-            if w["flops_per_call"]:
-                assert (
-                    0 < w["mfu"] < 2
-                )  # noise or shapes faster than the probe allow a little over 1, not more
-            if w["baseline"] is not None:
-                assert w["baseline"] in names_in_group
-                assert w["ratio_vs_baseline"] > 0
-            if w["peak_memory_bytes"] is not None:
-                assert w["peak_memory_bytes"] > 0
-    by_name = {w["name"]: w for g in record["groups"] for w in g["workloads"]}
+def test_quick_suite_runs_every_group_and_appends_csv_rows(tmp_path):
+    out = tmp_path / "results.csv"
+    done = run_bench_script("run.py", "--quick", "--threads", "1", "--csv", str(out))
+    rows = read_rows(out)
+    assert {r["threads"] for r in rows} == {"1"}
+    assert len({(r["date"], r["commit"], r["machine"], r["torch"]) for r in rows}) == 1
+    assert rows[0]["commit"] not in ("", "unknown") and "cores" in rows[0]["machine"]
+    values = {(r["benchmark"], r["config"], r["metric"]): r for r in rows}
+    for benchmark in ("stage1/step", "stage1/timm_vit", "decoder_finetune/step", "caching/cache_loop",
+                      "caching/bare_encoder", "stage2/step", "stage2/diffusers_dit", "sampling/nfe1",
+                      "sampling/euler4", "sampling/euler4_cfg", "sampling/decode"):  # fmt: skip
+        row = values[(benchmark, "tiny", "throughput")]
+        assert float(row["value"]) > 0 and math.isfinite(float(row["value"])), benchmark
+        assert float(values[(benchmark, "tiny", "time")]["value"]) > 0
+    for benchmark in ("stage1/step", "stage2/step", "caching/cache_loop", "sampling/euler4"):
+        assert 0 < float(values[(benchmark, "tiny", "mfu")]["value"]) < 200  # noise allows a little over 100
+    # Each comparison sits on the metric it is made by, against a benchmark of the same run.
+    assert values[("stage1/step", "tiny", "flop_rate")]["baseline"] == "stage1/timm_vit"
+    assert float(values[("stage1/step", "tiny", "flop_rate")]["ratio"]) > 0
+    assert values[("stage2/step", "tiny", "throughput")]["baseline"] == "stage2/diffusers_dit"
+    assert float(values[("caching/cache_loop", "tiny", "throughput")]["ratio"]) > 0
     # Training steps do real work the counter sees, forward and backward.
-    assert (
-        by_name["stage1/tiny/step_all"]["flops_per_call"]
-        > by_name["stage1/tiny/timm_vit_fwd_bwd"]["flops_per_call"]
-    )
-    assert by_name["stage2/tiny/step"]["flops_per_call"] > 0
-    # The short-sequence attention path is on in step_all and off in its variant: SDPA's CPU kernel
-    # recomputes the scores in the backward, so the variant counts more FLOPs for the same step.
-    flops = {name: w["flops_per_call"] for name, w in by_name.items()}
-    assert flops["stage1/tiny/step_all_sdpa_only"] > flops["stage1/tiny/step_all"]
-    assert flops["attention/quick/tiny_trunk_sdpa"] > flops["attention/quick/tiny_trunk"]
-    assert flops["attention/quick/long_257_sdpa"] == flops["attention/quick/long_257"]  # same kernel
-    # timm's blocks on the step's own block calls: the transformer part of the step's work.
-    assert 0.5 < flops["stage1/tiny/timm_same_calls"] / flops["stage1/tiny/step_all"] < 1.1
-    assert by_name["stage1/tiny/step_all_vs_same_calls"]["baseline"] == "stage1/tiny/timm_same_calls"
-    assert {t["workload"] for t in record["targets"]} >= {"stage1/tiny/step_all", "caching/tiny/cache_loop"}
-    assert "stage1/tiny" in done.stdout and "targets" in done.stdout
-    assert out.with_suffix(".png").stat().st_size > 10_000  # the chart beside the JSON
+    step_flops = float(values[("stage1/step", "tiny", "flops")]["value"])
+    assert step_flops > float(values[("stage1/timm_vit", "tiny", "flops")]["value"]) > 0
+    assert float(values[("stage1/step", "tiny", "peak_memory")]["value"]) > 0
+    assert "stage1/step" in done.stdout and "targets:" in done.stdout
+    # --markdown prints a CSV's newest rows as the tables in docs/performance.md.
+    markdown = run_bench_script("run.py", "--markdown", str(out)).stdout
+    assert "| stage1/step | tiny |" in markdown
 
 
 @pytest.mark.slow
@@ -300,26 +234,29 @@ def test_gpu_script_dry_run_compiles_the_stage1_step(tmp_path):
     Guards the compiled path that only a lent GPU would otherwise exercise: an inductor stride
     assertion once broke it (q and k rotated as one split of qkv) while every eager test passed.
     """
-    out = tmp_path / "gpu.json"
-    done = run_bench_script("gpu_mfu.py", "--dry-run", "--only", "stage1/B", "--out", str(out))
-    record = json.loads(out.read_text())
-    groups = {g["name"]: g for g in record["groups"]}
-    assert set(groups) == {"gpu/stage1/B/eager", "gpu/stage1/B/compiled"}
-    for group in groups.values():
-        assert group["status"] == "ok", group.get("reason")
-    assert "step_all_compiled" in done.stdout
+    out = tmp_path / "gpu.csv"
+    done = run_bench_script("gpu_mfu.py", "--dry-run", "--only", "stage1/B", "--csv", str(out))
+    rows = read_rows(out)
+    values = {(r["benchmark"], r["config"], r["metric"]): r["value"] for r in rows}
+    for config in ("tiny", "tiny compiled"):  # the dry run's stand-in for B, eager and compiled
+        assert float(values[("stage1/step", config, "mfu")]) > 0
+        assert float(values[("stage1/step", config, "flop_rate")]) > 0
+    assert "stage1/B compiled" in done.stdout and "FAIL" not in done.stdout
     # The GPU recipes' real steps ran first, with the recipes' precision, clipping and optimiser.
-    recipes = {r["name"]: r for r in record["recipes"]}
-    assert set(recipes) == {"recipe/stage1/vtp_b", "recipe/stage1/vtp_l", "recipe/stage2/lightningdit_xl1"}
-    for result in recipes.values():
-        assert result["passed"], result.get("traceback") or result.get("error")
-        assert result["precision"] == "bf16-mixed" and result["steps"] == 2 and result["step_s"] > 0
+    recipes = {r["benchmark"] for r in rows if r["benchmark"].startswith("recipe/")}
+    assert recipes == {"recipe/stage1/vtp_b", "recipe/stage1/vtp_l", "recipe/stage2/lightningdit_xl1"}
+    for recipe in recipes:
+        assert values[(recipe, "B=8 tiny", "passed")] == "1", done.stdout[-3000:]
+        assert float(values[(recipe, "B=8 tiny", "time")]) > 0
+    assert "recipe/stage1/vtp_b: PASS (bf16-mixed, clip 3.0, fused AdamW" in done.stdout
+    assert "recipe/stage1/vtp_l: PASS (bf16-mixed, clip 3.0, foreach AdamW" in done.stdout  # FSDP's AdamW
+    # The bf16 check of both targets' steps, on their tiny stand-ins.
     assert (
-        recipes["recipe/stage1/vtp_b"]["fused_adamw"]
-        and recipes["recipe/stage1/vtp_b"]["gradient_clip_val"] == 3.0
+        values[("bf16_check/stage1", "tiny", "passed")]
+        == values[("bf16_check/stage2", "tiny", "passed")]
+        == "1"
     )
-    assert not recipes["recipe/stage1/vtp_l"]["fused_adamw"]  # FSDP: the foreach AdamW, as its recipe says
-    assert "recipe/stage1/vtp_b: PASS" in done.stdout
+    assert float(values[("bf16_check/stage2", "tiny", "gradient_cosine")]) > 0.99
 
 
 def test_gpu_kit_pins_what_is_installed_and_flags_what_nothing_provides(monkeypatch):
@@ -404,7 +341,7 @@ def test_stage2_reference_comparison_refuses_a_folder_that_is_not_lightningdit(m
     import stage2_vs_reference
 
     with pytest.raises(SystemExit, match="models/lightningdit.py is missing"):
-        stage2_vs_reference.main(["--reference", str(tmp_path), "--out", str(tmp_path / "out.json")])
+        stage2_vs_reference.main(["--reference", str(tmp_path), "--csv", str(tmp_path / "out.csv")])
 
 
 def test_stage2_reference_comparison_times_our_real_step(monkeypatch):
@@ -423,3 +360,30 @@ def test_stage2_reference_comparison_times_our_real_step(monkeypatch):
     assert "final_layer.linear.weight" in changed and "pos_embed" not in changed
     ema = step.system.ema.module.state_dict()
     assert not torch.equal(ema["final_layer.linear.weight"], ema_before["final_layer.linear.weight"])
+
+
+def test_stage2_reference_comparison_rows(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH_DIR))
+    import stage2_vs_reference
+
+    result = {
+        "date": "2026-01-01T00:00:00+00:00", "machine": "cpu, 2 cores", "torch": "2.x", "threads": 2,
+        "commit": "abc1234", "load_average": {"before": [1.1, 1.0, 1.0], "after": [1.8, 1.2, 1.0]},
+        "samples_s": {"reference": [2.0, 3.0, 2.5], "ours": [1.0, 2.0, 2.0]},
+        "speed_vs_reference": {"ours": {"median": 1.25, "min": 1.0, "max": 2.0}},
+        "profile": {"reference": {"gemm_share": 0.4}, "ours": {"gemm_share": 0.5}},
+        "gemm_ceiling": 2.5,
+    }  # fmt: skip
+    rows = {(r["benchmark"], r["metric"]): r for r in stage2_vs_reference.result_rows(result)}
+    ours = rows[("stage2_reference/ours", "time")]
+    assert (ours["value"], ours["unit"], ours["ratio"], ours["baseline"]) == (
+        "2000",
+        "ms",
+        "1.25",
+        "stage2_reference/reference",
+    )
+    assert rows[("stage2_reference/reference", "time")]["ratio"] == ""
+    assert rows[("stage2_reference/ours", "ratio_min")]["value"] == "1"
+    assert rows[("stage2_reference/reference", "gemm_share")]["value"] == "40"
+    assert rows[("stage2_reference/gemm_ceiling", "ratio")]["value"] == "2.5"
+    assert {r["load"] for r in rows.values()} == {"1.1"}

@@ -1,9 +1,9 @@
-"""vtp_gen's performance harness: what each pipeline step costs, beside a baseline, in one run.
+"""vtp_gen's benchmark pieces, used by ``bench/run.py``, ``bench/gpu_mfu.py`` and ``bench/stage2_vs_reference.py``.
 
-``bench/run.py`` is the command (``make bench``); ``bench/gpu_mfu.py`` the
-one-command GPU check. The modules here are the pieces: ``timing``
-(interleaved repetitions on a noisy machine), ``flops`` (FLOP counts and the
-matmul peak), ``memory`` (peak memory of one call), ``suite`` (groups of
-workloads measured together, ratios and MFU), ``report`` (table and JSON),
-and one module per pipeline step that builds its workloads.
+``timing`` (interleaved rounds on a noisy machine), ``memory`` (peak memory of
+one call), ``suite`` (groups measured together: ratios, FLOP rate, MFU against
+a matmul probe), ``results`` (CSV rows, the printed table, targets), and the
+workloads: ``stage1``, ``stage2``, ``caching``; for the GPU check ``recipes``
+(real steps of the GPU recipes) and ``precision`` (bf16 against fp32). FLOPs
+are counted by :mod:`vtp_gen.utils.flops`.
 """

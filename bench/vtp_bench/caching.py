@@ -1,4 +1,4 @@
-"""Latent caching against the bare encoder forward (what ``bench/cache_throughput.py`` measures, interleaved).
+"""Latent caching against the bare encoder forward, in interleaved rounds.
 
 Both count dataset images per second, and both include the horizontal flip
 (each image costs two encoder passes, done as one forward of 2B):
@@ -8,8 +8,8 @@ Both count dataset images per second, and both include the horizontal flip
 - ``cache_loop``: a whole ``vtp-gen cache`` run (``vtp_gen.pipeline.cache.run.run``)
   into a fresh folder, timed by the shard writer from the first to the last
   batch (loading, ADM centre crop, normalisation, encoding, serialisation,
-  hashing, fsync, per-shard statistics); start-up and finalisation are
-  reported beside it but not in the ratio. Its FLOPs are the encoder's.
+  hashing, fsync, per-shard statistics); start-up and finalisation are not
+  in it. Its FLOPs are the encoder's.
 
 Images are Fashion-MNIST when the embedded dataset is installed (what
 ``make stage2`` caches), otherwise a folder of synthetic PNGs written once.
@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import io
 import tempfile
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -28,8 +27,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vtp_bench.flops import count_flops
-from vtp_bench.suite import Group, Settings, Workload, count_parameters
+from vtp_bench.suite import Group, Settings, Workload
+from vtp_gen.utils.flops import count_flops
 
 
 @dataclass(frozen=True)
@@ -97,7 +96,6 @@ class CachingRun:
         self.data = data
         self.accelerator = "gpu" if torch.device(device).type == "cuda" else "cpu"
         self.calls = 0
-        self.end_to_end: list[float] = []
 
     def __call__(self) -> float:
         from vtp_gen.config import load_config
@@ -121,10 +119,8 @@ class CachingRun:
             *self.data,
         ]
         cfg = load_config(CacheConfig, None, overrides)
-        start = time.perf_counter()
         with contextlib.redirect_stdout(io.StringIO()):  # its progress lines would break up the table
             result = run(cfg)
-        self.end_to_end.append(time.perf_counter() - start)
         if result.images_encoded != s.images:
             raise RuntimeError(f"cached {result.images_encoded} images, expected {s.images}")
         return result.encode_seconds
@@ -148,10 +144,10 @@ def caching_group(name: str) -> Group:
         tokenizer_dir = save_pretrained(model, work_dir / "tokenizer")
         del model
         if fashion_mnist_available():
-            data, source = ["data.source=fashion_mnist"], "Fashion-MNIST"
+            data = ["data.source=fashion_mnist"]
         else:
             folder = synthetic_image_folder(work_dir / "images", setting.images, setting.image_size)
-            data, source = ["data.source=image_folder", f"data.root={folder}"], "synthetic PNG folder"
+            data = ["data.source=image_folder", f"data.root={folder}"]
 
         encoder = load_tokenizer(tokenizer_dir, device=device)
         generator = torch.Generator().manual_seed(0)
@@ -167,33 +163,16 @@ def caching_group(name: str) -> Group:
         flops_per_image = count_flops(bare) / setting.batch_size
         caching = CachingRun(setting, tokenizer_dir, work_dir, data, device)
         caching.keep_alive = work  # the folder goes when the group's workloads are freed
-        base = f"caching/{name}/bare_encoder"
         return [
             Workload(
-                name=f"caching/{name}/cache_loop",
-                step=caching,
-                items=setting.images,
-                baseline=base,
-                compare="throughput",
+                "cache_loop",
+                caching,
+                setting.images,
+                baseline="bare_encoder",
                 flops=int(flops_per_image * setting.images),
                 measure_memory=False,
-                params=count_parameters(encoder.trunk),
-                notes=f"{source}, {setting.num_workers} loader workers, shards written, fsync'd, hashed",
-                info={"end_to_end_seconds": caching.end_to_end},
             ),
-            Workload(
-                name=base,
-                step=bare,
-                items=setting.batch_size,
-                tracked=(encoder,),
-                params=count_parameters(encoder.trunk),
-                notes="get_reconstruction_latents on image + flip, preprocessed, on the device",
-            ),
+            Workload("bare_encoder", bare, setting.batch_size, tracked=(encoder,)),
         ]
 
-    return Group(
-        name=f"caching/{name}",
-        description=f"latent caching vs bare encoder ({full_setting.description})",
-        build=build,
-        tags=("caching", name),
-    )
+    return Group("caching", name, f"latent caching vs bare encoder ({full_setting.description})", build)

@@ -100,7 +100,7 @@ def _cosine(dot: float, a_squared: float, b_squared: float) -> float:
 
 
 def compare(step: StepUnderTest, device: torch.device, seed: int = PASS_SEED) -> dict:
-    """fp32 (TF32 off) against bf16 autocast on the same draws; a JSON-ready dict."""
+    """fp32 (TF32 off) against bf16 autocast on the same draws; a plain dict."""
     with full_fp32_matmuls():
         reference, reference_grads = one_pass(step, device, bf16=False, seed=seed)
     test, test_grads = one_pass(step, device, bf16=True, seed=seed)

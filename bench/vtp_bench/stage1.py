@@ -1,5 +1,5 @@
-"""Stage-1 workloads: the pre-training step (per objective and all together), the decoder
-fine-tune step, the stage-1 collate, and each tower against timm's ViT of the same size.
+"""Stage-1 workloads: the pre-training step beside timm's ViT of the trunk's size, and the decoder
+fine-tune step.
 
 Steps are the training systems' own code (``TokenizerPretraining.compute_losses``,
 ``DecoderFinetune.compute_losses``) plus what the Lightning loop adds around
@@ -10,7 +10,7 @@ is the same for every model and is not what these numbers are about.
 Batches are made once by the real stage-1 collate (centre crops, multi-crop
 views, iBOT masks, BPE captions) from synthetic images, so the step sees
 exactly the tensors training sees without depending on a dataset being
-installed; the collate's own cost is a separate workload.
+installed (the collate itself is not timed).
 
 Settings (tiny and small-B run on the CPU; B and L are the GPU sizes):
 
@@ -33,8 +33,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from vtp_bench.replay import SameCallsReplay, record_forwards
-from vtp_bench.suite import Group, Settings, Workload, count_parameters, prepare
+from vtp_bench.suite import Group, Settings, Workload, prepare
 from vtp_gen.utils.compile import compile_blocks
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -90,12 +89,6 @@ STAGE1_SETTINGS = {
     "L": Stage1Setting(
         "L", None, ("model.preset=vtp-l", "data.batch_size=64", *PAPER_SIZE), "VTP-L, 256 px, B=64"
     ),
-}
-OBJECTIVES = {
-    "clip": ("objectives.lambda_ssl=0", "objectives.lambda_rec=0"),
-    "ssl": ("objectives.lambda_clip=0", "objectives.lambda_rec=0"),
-    "rec": ("objectives.lambda_clip=0", "objectives.lambda_ssl=0"),
-    "all": (),
 }
 CLASS_NAMES = ("shirt", "sneaker", "bag", "dress", "coat", "sandal", "trouser", "pullover")
 
@@ -213,23 +206,6 @@ class PretrainingStep:
         return compile_blocks(self.system, transformer_block_types())
 
 
-class WithFusedAttentionOnly:
-    """Runs ``step`` with the short-sequence attention path switched off (SDPA for every length)."""
-
-    def __init__(self, step: PretrainingStep) -> None:
-        self.step = step
-
-    def __call__(self) -> None:
-        from vtp_gen.models import attention
-
-        saved = attention.EXPLICIT_MAX_TOKENS
-        attention.EXPLICIT_MAX_TOKENS = 0
-        try:
-            self.step()
-        finally:
-            attention.EXPLICIT_MAX_TOKENS = saved
-
-
 def transformer_block_types() -> tuple[type, ...]:
     """Ours (the training recipe's regional compile) plus timm's, for the baselines."""
     from timm.models.vision_transformer import Block
@@ -279,262 +255,38 @@ def _images(batch_size: int, image_size: int, device: torch.device) -> torch.Ten
     return torch.randn(batch_size, 3, image_size, image_size, generator=generator).to(device)
 
 
-def stage1_step_group(
-    setting: str,
-    objectives: tuple[str, ...] = tuple(OBJECTIVES),
-    with_collate: bool = True,
-    fused_adamw_variant: bool = True,
-    same_calls_baseline: bool = True,
-) -> Group:
-    """Pre-training steps per objective, the collate, and timm's ViT of the trunk's size (fwd+bwd).
-
-    ``same_calls_baseline`` adds timm blocks replaying the all-objectives step's own transformer
-    calls (:mod:`vtp_bench.replay`) and that step timed again beside them.
-
-    ``fused_adamw_variant`` adds the all-objectives step with ``optim.fused=true``, compared with the
-    configured step (profiling showed torch's default per-parameter AdamW loop at ~8% of the small-B
-    step on the CPU).
-    """
+def stage1_step_group(setting: str) -> Group:
+    """The pre-training step with all objectives beside timm's ViT of the trunk's size (fwd+bwd), by FLOP rate."""
 
     def build(settings: Settings) -> list[Workload]:
         device = settings.device
-        perceptual, lpips_note = perceptual_network(device)
-        batch_size = settings.sized(None, 8)
-        workloads = []
-        trunk_params = None
-        baseline_name = f"stage1/{setting}/timm_vit_fwd_bwd"
-        for objective in objectives:
-            cfg = load_stage1_config(setting, OBJECTIVES[objective], batch_size)
-            step = PretrainingStep(cfg, settings, perceptual)
-            if objective == "all" and same_calls_baseline:
-                # Before any compile: the hooks must see the eager blocks.
-                replayed = record_forwards(step)
-            flops = prepare(step, settings)
-            trunk = step.system.model.trunk
-            trunk_params = count_parameters(trunk)
-            notes = f"B={step.batch_size}"
-            if step.system.rec_on:
-                notes += f", rec via {lpips_note}"
-            workloads.append(
-                Workload(
-                    name=f"stage1/{setting}/step_{objective}",
-                    step=step,
-                    items=step.batch_size,
-                    baseline=baseline_name,
-                    compare="flop_rate",
-                    tracked=(step.system, step.optimizer),
-                    flops=flops,
-                    params=step.trainable_parameters(),
-                    notes=notes,
-                )
-            )
-        if "all" in objectives and fused_adamw_variant:
-            recipe_fuses = load_stage1_config(setting, batch_size=batch_size).optim.fused
-            cfg = load_stage1_config(setting, ("optim.fused=true",), batch_size)
-            if not (recipe_fuses or settings.quick):  # otherwise nothing to compare / a smoke test
-                fused = PretrainingStep(cfg, settings, perceptual)
-                workloads.append(
-                    Workload(
-                        name=f"stage1/{setting}/step_all_fused_adamw",
-                        step=fused,
-                        items=fused.batch_size,
-                        baseline=f"stage1/{setting}/step_all",
-                        compare="throughput",
-                        tracked=(fused.system, fused.optimizer),
-                        flops=prepare(fused, settings),
-                        params=fused.trainable_parameters(),
-                        notes="step_all with optim.fused=true (one fused AdamW kernel)",
-                    )
-                )
-        if "all" in objectives and same_calls_baseline:
-            all_workload = next(w for w in workloads if w.name == f"stage1/{setting}/step_all")
-            replay = SameCallsReplay(replayed, device, settings)
-            replay_name = f"stage1/{setting}/timm_same_calls"
-            workloads += [
-                Workload(
-                    name=replay_name,
-                    step=replay,
-                    items=all_workload.items,
-                    flops=prepare(replay, settings),
-                    tracked=(replay.towers,),
-                    params=count_parameters(replay.towers),
-                    notes=f"timm Blocks on step_all's own block calls (batch x tokens): {replay.describe()}",
-                ),
-                Workload(
-                    name=f"stage1/{setting}/step_all_vs_same_calls",
-                    step=all_workload.step,
-                    items=all_workload.items,
-                    baseline=replay_name,
-                    compare="flop_rate",
-                    tracked=all_workload.tracked,
-                    flops=all_workload.flops,
-                    params=all_workload.params,
-                    notes="step_all timed again beside timm_same_calls: the gap that is not the shapes",
-                ),
-            ]
-        if "all" in objectives and not settings.on_gpu:
-            # The same step with every attention on SDPA's fused kernel: what the short-sequence
-            # CPU path of vtp_gen.models.attention gains inside the whole step.
-            all_step = next(w.step for w in workloads if w.name == f"stage1/{setting}/step_all")
-            workloads.append(
-                Workload(
-                    name=f"stage1/{setting}/step_all_sdpa_only",
-                    step=WithFusedAttentionOnly(all_step),
-                    items=all_step.batch_size,
-                    baseline=f"stage1/{setting}/step_all",
-                    compare="throughput",
-                    tracked=(all_step.system, all_step.optimizer),
-                    params=all_step.trainable_parameters(),
-                    notes="step_all with EXPLICIT_MAX_TOKENS=0 (torch's SDPA for every sequence)",
-                )
-            )
-        if "all" in objectives and with_collate:
-            cfg = load_stage1_config(setting, batch_size=batch_size)
-            from vtp_gen.pipeline.stage1.run import build_pretraining_data, build_tokenizer
-
-            with torch.device("meta"):
-                meta_model = build_tokenizer(cfg)
-            collate = build_pretraining_data(cfg, meta_model).collate
-            samples = synthetic_samples(cfg.data.batch_size, cfg.data.image_size, seed=1)
-            workloads.append(
-                Workload(
-                    name=f"stage1/{setting}/collate",
-                    step=lambda: collate(samples),
-                    items=cfg.data.batch_size,
-                    baseline=f"stage1/{setting}/step_all",
-                    compare="throughput",
-                    flops=0,
-                    notes="multi-crop + masks + BPE in the main process; ratio = how much faster than the step",
-                )
-            )
-        cfg = load_stage1_config(setting, batch_size=batch_size)
+        perceptual, _ = perceptual_network(device)
+        cfg = load_stage1_config(setting, batch_size=settings.sized(None, 8))
+        step = PretrainingStep(cfg, settings, perceptual)
         vit = timm_vit_like(step.system.model.trunk, cfg.data.image_size).to(device)
         images = _images(cfg.data.batch_size, cfg.data.image_size, device)
         vit_step = ForwardBackward(vit, lambda: vit.forward_features(images), settings)
-        workloads.append(
-            Workload(
-                name=baseline_name,
-                step=vit_step,
-                items=cfg.data.batch_size,
-                flops=prepare(vit_step, settings),
-                tracked=(vit,),
-                params=count_parameters(vit),
-                notes=f"timm VisionTransformer, trunk has {trunk_params / 1e6:.1f}M params",
-            )
-        )
-        return workloads
-
-    return Group(
-        name=f"stage1/{setting}",
-        description=f"pre-training step ({STAGE1_SETTINGS[setting].description}) vs timm ViT fwd+bwd",
-        build=build,
-        tags=("stage1", setting),
-    )
-
-
-# ---------------------------------------------------------------------- towers vs timm
-def towers_group(setting: str) -> Group:
-    """Encoder, pixel decoder and text tower forward+backward, each beside timm's equivalent of the same size."""
-
-    def build(settings: Settings) -> list[Workload]:
-        from timm.models.vision_transformer import Block, VisionTransformer
-
-        from vtp_gen.pipeline.stage1.run import build_tokenizer
-
-        device = settings.device
-        cfg = load_stage1_config(setting, batch_size=settings.sized(None, 4))
-        model = build_tokenizer(cfg).to(device)
-        batch, size = cfg.data.batch_size, cfg.data.image_size
-        images = _images(batch, size, device)
-        trunk, decoder, text = model.trunk, model.pixel_decoder, model.text
-        grid = size // trunk.patch_size
-        latents = torch.randn(batch, trunk.latent_channels, grid, grid, device=device)
-        context = text.context_length
-        tokens = torch.randint(1, 49000, (batch, context), device=device)
-        tokens[:, -1] = 49407  # EOT last: the pooled position
-
-        timm_encoder = timm_vit_like(trunk, size).to(device)
-        timm_decoder = VisionTransformer(
-            img_size=grid,
-            patch_size=1,
-            in_chans=trunk.latent_channels,
-            embed_dim=decoder.embed_dim,
-            depth=len(decoder.blocks),
-            num_heads=decoder.blocks[0].attn.num_heads,
-            class_token=False,
-            global_pool="avg",
-            num_classes=0,
-        ).to(device)
-        width = text.width
-        mlp_ratio = text.transformer.resblocks[0].mlp.c_fc.out_features / width
-        # The token embedding is part of both sides (its dense gradient is a real cost of the tower).
-        timm_text = nn.Sequential(
-            nn.Embedding(text.vocab_size, width),
-            *[Block(width, text.heads, mlp_ratio=mlp_ratio) for _ in range(len(text.transformer.resblocks))],
-        ).to(device)
-
-        def pair(
-            name: str, ours: nn.Module, ours_fn, theirs: nn.Module, theirs_fn, note: str
-        ) -> list[Workload]:
-            base = f"towers/{setting}/timm_{name}"
-            ours_step = ForwardBackward(ours, ours_fn, settings)
-            theirs_step = ForwardBackward(theirs, theirs_fn, settings)
-            ours_flops, theirs_flops = prepare(ours_step, settings), prepare(theirs_step, settings)
-            return [
-                Workload(
-                    name=f"towers/{setting}/{name}",
-                    step=ours_step,
-                    flops=ours_flops,
-                    items=batch,
-                    baseline=base,
-                    compare="throughput",
-                    tracked=(ours,),
-                    params=count_parameters(ours),
-                ),
-                Workload(
-                    name=base,
-                    step=theirs_step,
-                    flops=theirs_flops,
-                    items=batch,
-                    tracked=(theirs,),
-                    params=count_parameters(theirs),
-                    notes=note,
-                ),
-            ]
-
         return [
-            *pair(
-                "encoder",
-                trunk,
-                lambda: trunk.encode_features(images).patch_tokens,
-                timm_encoder,
-                lambda: timm_encoder.forward_features(images),
-                "timm VisionTransformer, same width/depth/heads/patch",
+            Workload(
+                "step",
+                step,
+                step.batch_size,
+                baseline="timm_vit",
+                compare="flop_rate",
+                tracked=(step.system, step.optimizer),
+                flops=prepare(step, settings),
             ),
-            *pair(
-                "decoder",
-                decoder,
-                lambda: decoder(latents),
-                timm_decoder,
-                lambda: timm_decoder.forward_features(latents),
-                "timm VisionTransformer on the latent grid (patch 1), same width/depth/heads",
-            ),
-            *pair(
-                "text",
-                text,
-                lambda: text.encode(tokens),
-                timm_text,
-                lambda: timm_text(tokens),
-                "token embedding + timm Blocks, same width/depth/heads/MLP (no causal mask)",
+            Workload(
+                "timm_vit",
+                vit_step,
+                cfg.data.batch_size,
+                tracked=(vit,),
+                flops=prepare(vit_step, settings),
             ),
         ]
 
-    return Group(
-        name=f"towers/{setting}",
-        description=f"VTP towers fwd+bwd vs timm equivalents ({STAGE1_SETTINGS[setting].description})",
-        build=build,
-        tags=("towers", setting),
-    )
+    description = f"pre-training step ({STAGE1_SETTINGS[setting].description}) vs timm ViT fwd+bwd"
+    return Group("stage1", setting, description, build)
 
 
 # ---------------------------------------------------------------------- decoder fine-tune
@@ -576,25 +328,10 @@ class DecoderFinetuneStep:
 
 def decoder_finetune_group(setting: str) -> Group:
     def build(settings: Settings) -> list[Workload]:
-        perceptual, lpips_note = perceptual_network(settings.device)
+        perceptual, _ = perceptual_network(settings.device)
         quick = ("decoder_finetune.batch_size=4",) if settings.quick else ()
-        cfg = load_stage1_config(setting, quick)
-        step = DecoderFinetuneStep(cfg, settings, perceptual)
-        decoder_params = count_parameters(step.system.model.pixel_decoder)
-        return [
-            Workload(
-                name=f"decoder_finetune/{setting}/step",
-                step=step,
-                items=step.batch_size,
-                tracked=(step.system, *step.optimizers),
-                params=decoder_params + count_parameters(step.system.discriminator),
-                notes=f"B={step.batch_size}, frozen encoder, decoder + PatchGAN, {lpips_note}",
-            )
-        ]
+        step = DecoderFinetuneStep(load_stage1_config(setting, quick), settings, perceptual)
+        return [Workload("step", step, step.batch_size, tracked=(step.system, *step.optimizers))]
 
-    return Group(
-        name=f"decoder_finetune/{setting}",
-        description=f"decoder GAN fine-tune step ({STAGE1_SETTINGS[setting].description})",
-        build=build,
-        tags=("stage1", setting),
-    )
+    description = f"decoder GAN fine-tune step ({STAGE1_SETTINGS[setting].description})"
+    return Group("decoder_finetune", setting, description, build)

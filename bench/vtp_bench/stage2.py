@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vtp_bench.suite import Group, Settings, Workload, count_parameters, prepare
+from vtp_bench.suite import Group, Settings, Workload, prepare
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY_RECIPE = REPO_ROOT / "configs" / "stage2" / "tiny.yaml"
@@ -138,13 +138,10 @@ class FlowMatchingStep:
         settings: Settings,
         batch_size: int,
         model: nn.Module | None = None,
-        fused_adamw: bool | None = None,
     ) -> None:
         from vtp_gen.pipeline.stage2.run import build_system
 
         cfg = stage2_config(setting)
-        if fused_adamw is not None:
-            cfg.optim.fused = fused_adamw
         self.settings = settings
         self.system = build_system(cfg, model if model is not None else build_generator(setting))
         self.system.to(settings.device)
@@ -221,67 +218,37 @@ class DiffusersStep:
         self.model.compile()
 
 
-def stage2_step_group(name: str, fused_adamw_variant: bool = True) -> Group:
+def stage2_step_group(name: str) -> Group:
     setting = GENERATOR_SETTINGS[name]
 
     def build(settings: Settings) -> list[Workload]:
         batch = settings.sized(setting.batch_size, 8)
         ours = FlowMatchingStep(setting, settings, batch)
-        cfg = stage2_config(setting)
-        betas = (cfg.optim.beta1, cfg.optim.beta2)
+        optim = stage2_config(setting).optim
         model = diffusers_dit_like(ours.model)
         # The same AdamW on both sides (fused or not), so the ratio is about the model code.
-        theirs = DiffusersStep(setting, settings, batch, model, cfg.optim.lr, betas, cfg.optim.fused)
-        ours_flops, theirs_flops = prepare(ours, settings), prepare(theirs, settings)
-        variants = []
-        if fused_adamw_variant and not settings.quick:
-            # The recipe's AdamW is fused (stage2_config.OptimConfig.fused); the variant is torch's
-            # loop over parameter tensors, so its ratio shows what fusing gains.
-            loop = FlowMatchingStep(setting, settings, batch, fused_adamw=not cfg.optim.fused)
-            variants.append(
-                Workload(
-                    name=f"stage2/{name}/step_adamw_{'loop' if cfg.optim.fused else 'fused'}",
-                    step=loop,
-                    items=batch,
-                    baseline=f"stage2/{name}/step",
-                    compare="throughput",
-                    tracked=(loop.system, loop.optimizer),
-                    flops=prepare(loop, settings),
-                    params=count_parameters(loop.model),
-                    notes=f"step with optim.fused={str(not cfg.optim.fused).lower()}, same hyper-parameters",
-                )
-            )
-        base = f"stage2/{name}/diffusers_dit_step"
+        theirs = DiffusersStep(
+            setting, settings, batch, model, optim.lr, (optim.beta1, optim.beta2), optim.fused
+        )
         return [
             Workload(
-                name=f"stage2/{name}/step",
-                step=ours,
-                items=batch,
-                baseline=base,
-                compare="throughput",
+                "step",
+                ours,
+                batch,
+                baseline="diffusers_dit",
                 tracked=(ours.system, ours.optimizer),
-                flops=ours_flops,
-                params=count_parameters(ours.model),
-                notes=f"B={batch}, loss + backward + AdamW + EMA",
+                flops=prepare(ours, settings),
             ),
             Workload(
-                name=base,
-                step=theirs,
-                items=batch,
+                "diffusers_dit",
+                theirs,
+                batch,
                 tracked=(theirs.model, theirs.optimizer),
-                flops=theirs_flops,
-                params=count_parameters(theirs.model),
-                notes="diffusers DiTTransformer2DModel, same size; MSE + backward + AdamW",
+                flops=prepare(theirs, settings),
             ),
-            *variants,
         ]
 
-    return Group(
-        name=f"stage2/{name}",
-        description=f"generator training step ({setting.description}) vs diffusers DiT",
-        build=build,
-        tags=("stage2", name),
-    )
+    return Group("stage2", name, f"generator training step ({setting.description}) vs diffusers DiT", build)
 
 
 # ---------------------------------------------------------------------- sampling
@@ -340,7 +307,8 @@ def decoder_for(setting: GeneratorSetting) -> nn.Module:
     return model.pixel_decoder
 
 
-def sampling_group(name: str, nfe_settings: tuple[int, ...] | None = None) -> Group:
+def sampling_group(name: str, steps: int | None = None) -> Group:
+    """One NFE, Euler runs of ``steps`` grid points with and without CFG (in image-NFEs), pixel decoding."""
     setting = GENERATOR_SETTINGS[name]
 
     def build(settings: Settings) -> list[Workload]:
@@ -348,35 +316,21 @@ def sampling_group(name: str, nfe_settings: tuple[int, ...] | None = None) -> Gr
         model = build_generator(setting).to(device).eval()
         batch = settings.sized(setting.batch_size, 4)
         latents, labels = latent_batch(setting, device, batch)
-        one = f"sampling/{name}/nfe1"
-        workloads = [
-            Workload(
-                name=one,
-                step=VelocityEval(model, latents, labels, settings),
-                items=batch,
-                unit="img-NFE",
-                tracked=(model,),
-                params=count_parameters(model),
-                notes=f"B={batch}, one velocity evaluation (inference mode)",
-            )
-        ]
-        for steps in (4,) if settings.quick else nfe_settings or (setting.sampling_steps,):
-            nfe = steps - 1  # `steps` grid points, steps - 1 Euler updates
-            for cfg_scale in (1.0, 2.0):
-                guided = cfg_scale > 1
-                workloads.append(
-                    Workload(
-                        name=f"sampling/{name}/euler{steps}" + ("_cfg" if guided else ""),
-                        step=EulerSampling(model, latents, labels, steps, cfg_scale, settings),
-                        items=batch * nfe,
-                        unit="img-NFE",
-                        baseline=one,
-                        compare="throughput",
-                        tracked=(model,),
-                        notes=f"{nfe} NFE per image" + (", guided: doubled batch per NFE" if guided else ""),
-                        info={"nfe": nfe, "cfg_scale": cfg_scale, "images_per_call": batch},
-                    )
+        one = VelocityEval(model, latents, labels, settings)
+        workloads = [Workload("nfe1", one, batch, "img-NFE", tracked=(model,))]
+        grid = settings.sized(steps or setting.sampling_steps, 4)
+        for cfg_scale in (1.0, 2.0):
+            # `grid` points, grid - 1 Euler updates; a guided NFE evaluates twice the batch and counts once.
+            workloads.append(
+                Workload(
+                    f"euler{grid}" + ("_cfg" if cfg_scale > 1 else ""),
+                    EulerSampling(model, latents, labels, grid, cfg_scale, settings),
+                    batch * (grid - 1),
+                    "img-NFE",
+                    baseline="nfe1",
+                    tracked=(model,),
                 )
+            )
         decoder = decoder_for(setting).to(device).eval()
 
         @torch.inference_mode()
@@ -384,21 +338,7 @@ def sampling_group(name: str, nfe_settings: tuple[int, ...] | None = None) -> Gr
             with settings.autocast():
                 decoder(latents)
 
-        workloads.append(
-            Workload(
-                name=f"sampling/{name}/decode",
-                step=decode,
-                items=batch,
-                tracked=(decoder,),
-                params=count_parameters(decoder),
-                notes="pixel decoder on the sampled latents",
-            )
-        )
+        workloads.append(Workload("decode", decode, batch, tracked=(decoder,)))
         return workloads
 
-    return Group(
-        name=f"sampling/{name}",
-        description=f"sampling per NFE and decoding ({setting.description})",
-        build=build,
-        tags=("sampling", name),
-    )
+    return Group("sampling", name, f"sampling per NFE and decoding ({setting.description})", build)

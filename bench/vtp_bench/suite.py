@@ -1,19 +1,18 @@
 """Groups of workloads measured together: throughput, FLOP rate, MFU, peak memory, ratios.
 
 A *workload* is one callable doing one unit of real work (a training step, a
-batch of sampling, a batch of feature extraction) plus what it processes per
-call. A *group* is the workloads that must be compared with each other (our
-step and its baseline) together with the matmul peak probe; a group is built,
-measured in interleaved rounds and freed before the next one is built, so only
-one group's models are in memory at a time.
+sampler run, a caching run) and how many items it processes per call. A
+*group* is the workloads that are compared with each other (ours and its
+baseline) plus a matmul peak probe; a group is built, timed in interleaved
+rounds and freed before the next one is built.
 
 Derived numbers, all from samples of the same round (see ``timing``):
 
 - throughput = items per call / median seconds per call;
-- achieved FLOP/s = counted FLOPs per call / seconds, median over rounds;
-- MFU = achieved FLOP/s / the peak probe's FLOP/s *of the same round*, median;
-- ratio vs baseline = (ours / baseline) per round, median; by throughput
-  (same work on both sides) or by FLOP rate (different work, same hardware).
+- FLOP rate = counted FLOPs per call / seconds, median over rounds;
+- MFU = FLOP rate / the peak probe's FLOP rate *of the same round*, median;
+- ratio = (ours / baseline) per round, median: by throughput (same work on
+  both sides) or by FLOP rate (different work, same hardware).
 """
 
 from __future__ import annotations
@@ -23,13 +22,13 @@ import os
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-from vtp_bench.flops import MatmulPeak, count_flops
 from vtp_bench.memory import peak_memory_bytes
 from vtp_bench.timing import interleaved_times, median, paired_ratio, spread
+from vtp_gen.utils.flops import count_flops
 
 PEAK_RUNNER = "matmul_peak"
 
@@ -41,49 +40,74 @@ class SkipGroup(Exception):
 @dataclass
 class Settings:
     device: torch.device
-    rounds: int = 5
+    rounds: int = 3
     warmup: int = 1
     min_sample_s: float = 0.3
     memory: bool = True
     compile: bool = False
     quick: bool = False
-    peak_size: int | None = None
 
     @property
     def on_gpu(self) -> bool:
         return self.device.type == "cuda"
 
-    def sized(self, full: int, quick: int) -> int:
+    def sized(self, full, quick):
         """``full``, or ``quick`` in ``--quick`` mode (a smoke test of the code paths, not a measurement)."""
         return quick if self.quick else full
 
     def autocast(self):
-        """bf16 autocast on GPUs (the training recipe); plain fp32 on CPUs (bf16 is ~5x slower there)."""
+        """bf16 autocast on GPUs (the training recipes); plain fp32 on CPUs (bf16 is ~5x slower there)."""
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.on_gpu)
 
 
 @dataclass
 class Workload:
-    name: str
+    name: str  # e.g. "step"; the benchmark is "<group kind>/<name>"
     step: Callable[[], object]
     items: int  # processed per call, in ``unit``
     unit: str = "img"
     baseline: str | None = None  # another workload of the same group
     compare: str = "throughput"  # "throughput" or "flop_rate"
     tracked: tuple = ()  # modules / optimisers whose memory counts (CPU tracker)
-    flops: int | None = None  # analytic count; None = count one call
-    params: int | None = None
-    notes: str = ""
-    info: dict = field(default_factory=dict)
-    measure_memory: bool = True  # False for whole jobs (e.g. a caching run) where one call is too long
+    flops: int | None = None  # known count; None = count one call
+    measure_memory: bool = True  # False for whole jobs (a caching run) where one more call is too long
 
 
 @dataclass
 class Group:
-    name: str
+    kind: str  # "stage1", "stage2", "caching", ...
+    config: str  # the size setting: "tiny", "small-B", "XL", ...
     description: str
     build: Callable[[Settings], list[Workload]]
-    tags: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}/{self.config}"
+
+
+class MatmulPeak:
+    """``repeats`` square matmuls in the precision training computes in: the peak MFU divides by.
+
+    fp32 2048^3 on the CPU (bf16 has no fast path there), bf16 8192^3 on the GPU; timed as one
+    more runner of every group, so each round's MFU divides by that round's peak.
+    """
+
+    def __init__(self, device: torch.device | str, size: int | None = None, repeats: int = 4) -> None:
+        self.device = torch.device(device)
+        on_gpu = self.device.type == "cuda"
+        self.size = size or (8192 if on_gpu else 2048)
+        self.dtype = torch.bfloat16 if on_gpu else torch.float32
+        self.repeats = repeats
+        generator = torch.Generator().manual_seed(0)
+        shape = (self.size, self.size)
+        self.a = torch.randn(shape, generator=generator).to(self.device, self.dtype)
+        self.b = torch.randn(shape, generator=generator).to(self.device, self.dtype)
+        self.out = torch.empty(shape, device=self.device, dtype=self.dtype)
+        self.flops_per_call = 2 * self.size**3 * repeats
+
+    def __call__(self) -> None:
+        for _ in range(self.repeats):
+            torch.mm(self.a, self.b, out=self.out)
 
 
 def prepare(step, settings: Settings) -> int | None:
@@ -96,66 +120,42 @@ def prepare(step, settings: Settings) -> int | None:
     return flops
 
 
-def count_parameters(*modules: torch.nn.Module) -> int:
-    seen: set[int] = set()
-    total = 0
-    for module in modules:
-        for parameter in module.parameters():
-            if id(parameter) not in seen:
-                seen.add(id(parameter))
-                total += parameter.numel()
-    return total
-
-
-def _safe_flops(workload: Workload) -> tuple[int | None, str]:
-    if workload.flops is not None:
-        return workload.flops, "analytic"
-    try:
-        return count_flops(workload.step), "flop_counter"
-    except Exception as error:  # a kernel the counter cannot trace: report, do not abort the run
-        return None, f"not counted ({type(error).__name__}: {error})"
+def load_average() -> float | None:
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
 
 def run_group(group: Group, settings: Settings) -> dict:
-    """Build, measure and free one group; returns its JSON-ready record."""
+    """Build, measure and free one group. Never raises: a failure is the record's ``status``."""
     started = time.perf_counter()
-    record: dict = {"name": group.name, "description": group.description, "tags": list(group.tags)}
-    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    config = group.config + (" compiled" if settings.compile else "")
+    record: dict = {"kind": group.kind, "config": config, "load": load_average(), "workloads": []}
+    workloads: list[Workload] = []
     try:
         workloads = group.build(settings)
+        record.update(measure(workloads, settings), status="ok")
     except SkipGroup as skip:
-        return {**record, "status": "skipped", "reason": str(skip), "workloads": []}
+        record.update(status="skipped", reason=str(skip))
     except Exception as error:
-        return {
-            **record,
-            "status": "error",
-            "reason": f"{type(error).__name__}: {error}",
-            "traceback": traceback.format_exc(limit=8),
-            "workloads": [],
-        }
-    try:
-        record.update(_measure(workloads, settings))
-        record["status"] = "ok"
-    except Exception as error:
-        record.update(
-            status="error",
-            reason=f"{type(error).__name__}: {error}",
-            traceback=traceback.format_exc(limit=8),
-            workloads=[],
-        )
+        record.update(status="error", reason=f"{type(error).__name__}: {error}")
+        record["traceback"] = traceback.format_exc(limit=8)
     finally:
         del workloads
         gc.collect()
         if settings.on_gpu:
             torch.cuda.empty_cache()
-    record["elapsed_s"] = round(time.perf_counter() - started, 2)
-    if load_before is not None:
-        # 1-minute load average of the machine around the group: how shared it was.
-        record["load_average"] = [load_before, os.getloadavg()[0]]
+    record["elapsed_s"] = round(time.perf_counter() - started, 1)
     return record
 
 
-def _measure(workloads: list[Workload], settings: Settings) -> dict:
+def _count(step) -> int | None:
+    try:
+        return count_flops(step)
+    except Exception:  # a kernel the counter cannot trace: no FLOP rate for this row, the rest stands
+        step()  # the call the count would have been (a warm-up)
+        return None
+
+
+def measure(workloads: list[Workload], settings: Settings) -> dict:
     names = [w.name for w in workloads]
     if len(set(names)) != len(names) or PEAK_RUNNER in names:
         raise ValueError(f"workload names must be unique and not {PEAK_RUNNER!r}: {names}")
@@ -163,10 +163,9 @@ def _measure(workloads: list[Workload], settings: Settings) -> dict:
     for w in workloads:
         if w.baseline is not None and w.baseline not in by_name:
             raise ValueError(f"{w.name}: baseline {w.baseline!r} is not in the group")
-    peak = MatmulPeak(settings.device, size=settings.peak_size)
-
-    # One counted call per workload (it doubles as the first warm-up call), then one tracked call.
-    flops = {w.name: _safe_flops(w) for w in workloads}
+    peak = MatmulPeak(settings.device)
+    # One counted call per workload (it doubles as a warm-up call), then one memory-tracked call.
+    flops = {w.name: w.flops if w.flops is not None else _count(w.step) for w in workloads}
     memory = {
         w.name: peak_memory_bytes(w.step, settings.device, w.tracked)
         if settings.memory and w.measure_memory
@@ -178,52 +177,37 @@ def _measure(workloads: list[Workload], settings: Settings) -> dict:
         runners, settings.rounds, settings.device, warmup=settings.warmup, min_sample_s=settings.min_sample_s
     )
     peak_rates = [peak.flops_per_call / t for t in times[PEAK_RUNNER]]
-
     results = []
     for w in workloads:
-        seconds = times[w.name]
-        count, source = flops[w.name]
+        seconds, count = times[w.name], flops[w.name]
         rates = [count / t for t in seconds] if count else []
-        result = {
-            "name": w.name,
-            "unit": w.unit,
-            "items_per_call": w.items,
-            "seconds_per_call": median(seconds),
-            "seconds_samples": seconds,
-            "spread": spread(seconds),
-            "throughput": w.items / median(seconds),
-            "calls_per_s": 1.0 / median(seconds),
-            "flops_per_call": count,
-            "flops_source": source,
-            "achieved_flops_per_s": median(rates) if rates else None,
-            "mfu": median([r / p for r, p in zip(rates, peak_rates)]) if rates else None,
-            "peak_memory_bytes": memory[w.name],
-            "params": w.params,
-            "baseline": w.baseline,
-            "compare": w.compare if w.baseline else None,
-            "ratio_vs_baseline": None,
-            "notes": w.notes,
-            "info": w.info,
-        }
+        ratio = None
         if w.baseline is not None:
             base = by_name[w.baseline]
-            base_seconds = times[base.name]
-            if w.compare == "throughput":
-                # (items_w / t_w) / (items_b / t_b), per round
-                scale = w.items / base.items
-                result["ratio_vs_baseline"] = scale * paired_ratio(base_seconds, seconds)
+            if w.compare == "throughput":  # (items_w / t_w) / (items_b / t_b), per round
+                ratio = w.items / base.items * paired_ratio(times[base.name], seconds)
             elif w.compare == "flop_rate":
-                base_count = flops[base.name][0]
-                if count and base_count:
-                    result["ratio_vs_baseline"] = (count / base_count) * paired_ratio(base_seconds, seconds)
+                if count and flops[base.name]:
+                    ratio = count / flops[base.name] * paired_ratio(times[base.name], seconds)
             else:
                 raise ValueError(f"{w.name}: unknown comparison {w.compare!r}")
-        results.append(result)
+        results.append(
+            {
+                "name": w.name,
+                "unit": w.unit,
+                "items": w.items,
+                "seconds": median(seconds),
+                "spread": spread(seconds),
+                "flops": count or None,
+                "flop_rate": median(rates) if rates else None,
+                "mfu": median([r / p for r, p in zip(rates, peak_rates)]) if rates else None,
+                "memory_bytes": memory[w.name],
+                "baseline": w.baseline,
+                "compare": w.compare,
+                "ratio": ratio,
+            }
+        )
     return {
-        "peak": {
-            "probe": peak.describe(),
-            "flops_per_s": median(peak_rates),
-            "samples": peak_rates,
-        },
+        "peak_flop_rate": median(peak_rates),
         "workloads": results,
     }
