@@ -260,12 +260,6 @@ def test_reference_features_are_cached_per_split_and_count(tmp_path, monkeypatch
     assert first.features.shape == (40, 64)
 
 
-def test_subset_indices_are_fixed_and_nested():
-    a, b = evaluation_subset(1000, 100), evaluation_subset(1000, 40)
-    assert a[:40] == b and len(set(a)) == 100 and a != list(range(100))
-    assert evaluation_subset(10, 0) == list(range(10)) and evaluation_subset(10, 50) == list(range(10))
-
-
 def test_shipped_eval_recipes_validate():
     imagenet = load_config(EvalConfig, REPO / "configs" / "eval" / "imagenet.yaml")
     assert imagenet.generation.num_samples == 50_000 and imagenet.zero_shot.transform == "resize"
