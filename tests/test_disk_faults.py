@@ -104,7 +104,7 @@ from vtp_gen.systems.trainer import AtomicCheckpointIO
 from vtp_gen.systems.sampling import write_adm_npz
 from vtp_gen.utils.atomic import write_bytes_atomic, write_text_atomic
 from vtp_gen.data.images import save_png
-from vtp_gen.pipeline.run_dir import write_json_atomic
+from vtp_gen.utils.atomic import write_json_atomic
 from vtp_gen.latents.finalize import save_stats
 folder = Path(sys.argv[1])
 pixels = np.random.default_rng(0).integers(0, 255, (3, 96, 96, 3), np.uint8)
