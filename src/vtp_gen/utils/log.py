@@ -18,6 +18,8 @@ import logging
 import os
 import sys
 
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+
 ROOT_LOGGER = "vtp_gen"
 
 
@@ -26,10 +28,6 @@ def is_rank_zero() -> bool:
     for variable in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"):
         if int(os.environ.get(variable, "0") or 0) != 0:
             return False
-    try:
-        from lightning.fabric.utilities.rank_zero import rank_zero_only
-    except ImportError:  # lightning is a dependency; the guard keeps this module importable alone
-        return True
     return getattr(rank_zero_only, "rank", 0) == 0
 
 
