@@ -211,21 +211,25 @@ def model_factory(cfg: DictConfig):
         raise ConfigError(f"model.name: {e}") from None
 
 
+def build_transport(cfg: DictConfig) -> Transport:
+    t = cfg.transport
+    return Transport(
+        time_distribution=t.time_distribution,
+        logit_mean=t.logit_mean,
+        logit_std=t.logit_std,
+        cosine_weight=t.cosine_weight,
+    )
+
+
+def adamw_settings(cfg: DictConfig) -> AdamWSettings:
+    o = cfg.optim
+    return AdamWSettings(
+        lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay, eps=o.eps, fused=o.fused
+    )
+
+
 def build_system(cfg: DictConfig, model: torch.nn.Module) -> LatentFlowMatching:
-    transport = Transport(
-        time_distribution=cfg.transport.time_distribution,
-        logit_mean=cfg.transport.logit_mean,
-        logit_std=cfg.transport.logit_std,
-        cosine_weight=cfg.transport.cosine_weight,
-    )
-    optimizer = AdamWSettings(
-        lr=cfg.optim.lr,
-        betas=(cfg.optim.beta1, cfg.optim.beta2),
-        weight_decay=cfg.optim.weight_decay,
-        eps=cfg.optim.eps,
-        fused=cfg.optim.fused,
-    )
-    return LatentFlowMatching(model, transport, optimizer, cfg.ema.decay, cfg.run.seed)
+    return LatentFlowMatching(model, build_transport(cfg), adamw_settings(cfg), cfg.ema.decay, cfg.run.seed)
 
 
 def preview_callback(cfg: DictConfig, folder: Path, latents: LatentDataset, num_classes: int):
@@ -316,9 +320,12 @@ def check_ranks_agree(trainer: L.Trainer, system: LatentFlowMatching) -> dict[st
 
 
 def export_generator(
-    system: LatentFlowMatching, folder: Path, cfg: DictConfig, cache: Path, step: int
+    system: LatentFlowMatching, folder: Path, cfg: DictConfig, cache: Path, step: int, **extra_info
 ) -> Path:
-    """``generator/``: EMA weights (what samples) in the reference layout, stats and recipe beside them."""
+    """``generator/``: EMA weights (what samples) in the reference layout, stats and recipe beside them.
+
+    ``extra_info`` adds keys to the recorded ``stage2.json`` (text-to-image: its conditioning).
+    """
 
     target = folder / GENERATOR_DIR
     tmp = folder / f".{GENERATOR_DIR}.tmp"
@@ -334,11 +341,81 @@ def export_generator(
         "latent_multiplier": cfg.latents.multiplier,
         "tokenizer": str(tokenizer_folder(cfg).resolve()),
         "sampling": OmegaConf.to_container(cfg.sampling, resolve=True),
+        **extra_info,
     }
     (tmp / RUN_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
     return target
+
+
+@dataclass
+class FitOutcome:
+    trainer: L.Trainer
+    digests: dict[str, str]  # weight digests of model and EMA, equal on every rank
+    stopped: str  # what to say when a stop signal ended training: where it stopped, what was saved
+
+
+def fit(cfg: DictConfig, system: LatentFlowMatching, data, folder: Path, callbacks: list) -> FitOutcome:
+    """Train ``system`` in ``folder``: resume from its newest fitting checkpoint, save ``last.ckpt`` at the end.
+
+    Shared by class-conditional and text-to-image training. A resume refuses a
+    changed seed / batch / flip / multiplier (:class:`FixedSettings`); a stop
+    signal ends training after the current step and the checkpoint is still saved.
+    """
+    stopper = StopOnSignal(folder / "checkpoints", raise_after_fit=False)
+    # A checkpoint of another model (say last.ckpt copied from another run) is passed over, not loaded.
+    resume = find_resume_checkpoint(folder / "checkpoints", state_dict_mismatch(system.state_dict()))
+    if resume is not None:
+        log.info(f"resuming from {resume}")
+        keep_csv_history(folder / "logs")  # before the CSV logger exists: it deletes metrics.csv
+    trainer = build_trainer(
+        cfg.trainer,
+        folder,
+        callbacks=[FixedSettings(cfg), *callbacks, stopper],
+        use_distributed_sampler=False,
+    )
+    if cfg.trainer.compile:
+        system.model.compile()
+    trainer.fit(system, datamodule=data, ckpt_path=str(resume) if resume else None)
+    # Step checkpoints only come every checkpoint_every_n_steps and the step-indexed stream never
+    # ends an epoch, so the final state is saved here: last.ckpt is always where the run stopped
+    # (a rerun with more trainer.max_steps continues from it). Every rank calls it; rank 0 writes.
+    # weights_only=False: a full resume checkpoint (optimiser, loops); said explicitly, or Lightning logs a notice.
+    # (A stop signal made the stopper save it at this step already.)
+    last = folder / "checkpoints" / "last.ckpt"
+    if stopper.stopped_at != trainer.global_step:
+        trainer.save_checkpoint(last, weights_only=False)
+    digests = check_ranks_agree(trainer, system)
+    return FitOutcome(trainer, digests, f"stopped after step {trainer.global_step}; {last} saved")
+
+
+def training_summary(
+    fitted: FitOutcome,
+    cfg: DictConfig,
+    n_params: int,
+    latents: LatentDataset,
+    generator: Path,
+    speed: SpeedMeter,
+    **extra,
+) -> dict:
+    """``train_summary.json``: what was trained, where it went, how fast (``extra`` adds keys)."""
+    trainer = fitted.trainer
+    return {
+        "step": trainer.global_step,
+        "world_size": trainer.world_size,
+        "global_batch_size": cfg.train.global_batch_size,
+        "model": cfg.model.name,
+        "parameters": n_params,
+        "latent_shape": list(latent_shape(latents)),
+        "weights_sha256": fitted.digests,
+        "ranks_agree": True,
+        "previews": [],
+        "generator": str(generator),
+        "torch_threads": torch.get_num_threads(),
+        **extra,
+        **speed.summary(),
+    }
 
 
 @guarded_step(
@@ -367,54 +444,25 @@ def run(cfg: DictConfig, callbacks: list | None = None) -> Stage2Result:
     )
     speed = SpeedMeter()
     preview = preview_callback(cfg, folder, latents, model.num_classes) if cfg.preview.enabled else None
-    own_callbacks = [speed, FixedSettings(cfg), *([preview] if preview else [])]
-    # A stop signal ends training after the current step; the checkpoint and the export below still happen.
-    stopper = StopOnSignal(folder / "checkpoints", raise_after_fit=False)
-    # A checkpoint of another model (say last.ckpt copied from another run) is passed over, not loaded.
-    resume = find_resume_checkpoint(folder / "checkpoints", state_dict_mismatch(system.state_dict()))
-    if resume is not None:
-        log.info(f"resuming from {resume}")
-        keep_csv_history(folder / "logs")  # before the CSV logger exists: it deletes metrics.csv
-    trainer = build_trainer(
-        cfg.trainer,
-        folder,
-        callbacks=[*own_callbacks, *(callbacks or []), stopper],
-        use_distributed_sampler=False,
-    )
-    if cfg.trainer.compile:
-        model.compile()
-    trainer.fit(system, datamodule=data, ckpt_path=str(resume) if resume else None)
-    # Step checkpoints only come every checkpoint_every_n_steps and the step-indexed stream never
-    # ends an epoch, so the final state is saved here: last.ckpt is always where the run stopped
-    # (a rerun with more trainer.max_steps continues from it). Every rank calls it; rank 0 writes.
-    # weights_only=False: a full resume checkpoint (optimiser, loops); said explicitly, or Lightning logs a notice.
-    # (A stop signal made the stopper save it at this step already.)
-    if stopper.stopped_at != trainer.global_step:
-        trainer.save_checkpoint(folder / "checkpoints" / "last.ckpt", weights_only=False)
-    digests = check_ranks_agree(trainer, system)
-    stopped = f"stopped after step {trainer.global_step}; {folder / 'checkpoints' / 'last.ckpt'} saved"
+    own_callbacks = [speed, *([preview] if preview else [])]
+    fitted = fit(cfg, system, data, folder, [*own_callbacks, *(callbacks or [])])
+    trainer = fitted.trainer
     if not trainer.is_global_zero:
-        raise_if_requested(f"{stopped} (by rank 0)")
+        raise_if_requested(f"{fitted.stopped} (by rank 0)")
         return Stage2Result(folder, None, None)
     generator = export_generator(system, folder, cfg, cache, trainer.global_step)
-    summary = {
-        "step": trainer.global_step,
-        "world_size": trainer.world_size,
-        "global_batch_size": cfg.train.global_batch_size,
-        "per_device_batch_size": data.sampler.batch_size if data.sampler else None,
-        "model": cfg.model.name,
-        "parameters": n_params,
-        "latent_shape": [channels, size, size],
-        "weights_sha256": digests,
-        "ranks_agree": True,
-        "previews": [],
-        "generator": str(generator),
-        "torch_threads": torch.get_num_threads(),
-        **speed.summary(),
-    }
+    summary = training_summary(
+        fitted,
+        cfg,
+        n_params,
+        latents,
+        generator,
+        speed,
+        per_device_batch_size=data.sampler.batch_size if data.sampler else None,
+    )
     write_json_atomic(folder / SUMMARY_FILE, summary)
     raise_if_requested(
-        f"{stopped}, generator (EMA weights) exported to {generator}; rerun the same command to resume"
+        f"{fitted.stopped}, generator (EMA weights) exported to {generator}; rerun the same command to resume"
     )
     rate = f", {summary['steps_per_sec']:.2f} steps/s" if summary["steps_per_sec"] else ""
     log.info(f"trained to step {trainer.global_step}{rate}: checkpoint and generator saved")

@@ -28,8 +28,9 @@ from vtp_gen.pipeline.sample.run import (
     resolve_tokenizer,
     run_info,
 )
+from vtp_gen.pipeline.stage2.run import GENERATOR_DIR
 from vtp_gen.pipeline.t2i.config import HELD_OUT_PROMPTS
-from vtp_gen.pipeline.t2i.run import GENERATOR_DIR, RUN_STEP
+from vtp_gen.pipeline.t2i.run import RUN_STEP
 from vtp_gen.pipeline.t2i.sample import pick_device
 from vtp_gen.systems.sampling import LatentDecoder, sample_noise
 from vtp_gen.t2i.evaluate import agreement, clip_score, load_or_train_judge

@@ -11,8 +11,6 @@ sampler and the tokenizer it conditions on).
 
 from __future__ import annotations
 
-import json
-import shutil
 import sys
 import warnings
 from dataclasses import dataclass
@@ -24,38 +22,38 @@ from omegaconf import DictConfig, OmegaConf
 from vtp_gen import load_tokenizer
 from vtp_gen.config import ConfigError
 from vtp_gen.data.build import build_dataset
-from vtp_gen.interop.generators import save_generator
 from vtp_gen.latents.dataset import LatentDataset
-from vtp_gen.latents.manifest import STATS_FILE, dataset_fingerprint
+from vtp_gen.latents.manifest import dataset_fingerprint
 from vtp_gen.models.registry import create_model
-from vtp_gen.pipeline.run_dir import prepare_run_dir
+from vtp_gen.pipeline.run_dir import prepare_run_dir, run_root
 from vtp_gen.pipeline.stage2.run import (
-    RUN_INFO_FILE,
     SUMMARY_FILE,
     SpeedMeter,
-    check_ranks_agree,
+    adamw_settings,
+    build_transport,
     ensure_latent_cache,
+    export_generator,
+    fit,
     open_latents,
     tokenizer_folder,
+    training_summary,
 )
 from vtp_gen.pipeline.t2i.config import HELD_OUT_PROMPTS
-from vtp_gen.systems.flow_matching import AdamWSettings
 from vtp_gen.systems.latent_data import latent_shape
 from vtp_gen.systems.sampling import LatentDecoder
-from vtp_gen.systems.trainer import build_trainer, find_resume_checkpoint, keep_csv_history
 from vtp_gen.t2i.captions import CAPTIONS_FILE, CacheCaptions, dataset_captions, write_captions
 from vtp_gen.t2i.data import CaptionedLatentDataModule
 from vtp_gen.t2i.sampling import PromptGridCallback, sampling_settings
 from vtp_gen.t2i.system import CaptionFeatureBank, TextFlowMatching
 from vtp_gen.t2i.text_features import CaptionEncoder
-from vtp_gen.transport import Transport
 from vtp_gen.utils.atomic import write_json_atomic
 from vtp_gen.utils.log import step_logger
+from vtp_gen.utils.step_guard import guarded_step
+from vtp_gen.utils.stop_signals import raise_if_requested
 
 log = step_logger("t2i")
 
 RUN_STEP = "t2i"
-GENERATOR_DIR = "generator"
 
 
 @dataclass
@@ -99,49 +97,15 @@ def build_text_generator(cfg: DictConfig, latents: LatentDataset, encoder: Capti
 
 
 def build_text_system(cfg: DictConfig, model: torch.nn.Module, bank: CaptionFeatureBank) -> TextFlowMatching:
-    transport = Transport(
-        time_distribution=cfg.transport.time_distribution,
-        logit_mean=cfg.transport.logit_mean,
-        logit_std=cfg.transport.logit_std,
-        cosine_weight=cfg.transport.cosine_weight,
-    )
-    optimizer = AdamWSettings(
-        lr=cfg.optim.lr,
-        betas=(cfg.optim.beta1, cfg.optim.beta2),
-        weight_decay=cfg.optim.weight_decay,
-        eps=cfg.optim.eps,
-        fused=cfg.optim.fused,
-    )
     return TextFlowMatching(
-        model, transport, bank, cfg.text.caption_dropout_prob, optimizer, cfg.ema.decay, cfg.run.seed
+        model,
+        build_transport(cfg),
+        bank,
+        cfg.text.caption_dropout_prob,
+        adamw_settings(cfg),
+        cfg.ema.decay,
+        cfg.run.seed,
     )
-
-
-def export_text_generator(
-    system: TextFlowMatching, folder: Path, cfg: DictConfig, cache: Path, step: int
-) -> Path:
-
-    target = folder / GENERATOR_DIR
-    tmp = folder / f".{GENERATOR_DIR}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_generator(system.ema.module, tmp)
-    shutil.copy2(cache / STATS_FILE, tmp / STATS_FILE)
-    info = {
-        "step": step,
-        "weights": "ema",
-        "conditioning": "text",
-        "ema_decay": cfg.ema.decay,
-        "model_name": cfg.model.name,
-        "latent_cache": str(cache.resolve()),
-        "latent_multiplier": cfg.latents.multiplier,
-        "tokenizer": str(tokenizer_folder(cfg).resolve()),
-        "caption_dropout_prob": cfg.text.caption_dropout_prob,
-        "sampling": OmegaConf.to_container(cfg.sampling, resolve=True),
-    }
-    (tmp / RUN_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
-    return target
 
 
 def preview_callback(cfg, folder, latents, tokenizer, encoder) -> PromptGridCallback:
@@ -163,6 +127,11 @@ def preview_callback(cfg, folder, latents, tokenizer, encoder) -> PromptGridCall
     )
 
 
+@guarded_step(
+    RUN_STEP,
+    lambda cfg: run_root(cfg) / RUN_STEP,
+    on_stop="the newest checkpoint is kept; rerun the same command to resume",
+)
 def run(cfg: DictConfig, callbacks: list | None = None) -> T2IResult:
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 
@@ -194,36 +163,28 @@ def run(cfg: DictConfig, callbacks: list | None = None) -> T2IResult:
     speed = SpeedMeter()
     preview = preview_callback(cfg, folder, latents, tokenizer, encoder) if cfg.preview.enabled else None
     own_callbacks = [speed, preview] if preview else [speed]
-    resume = find_resume_checkpoint(folder / "checkpoints")
-    if resume is not None:
-        log.info(f"resuming from {resume}")
-        keep_csv_history(folder / "logs")
-    trainer = build_trainer(
-        cfg.trainer, folder, callbacks=[*own_callbacks, *(callbacks or [])], use_distributed_sampler=False
-    )
-    if cfg.trainer.compile:
-        model.compile()
-    trainer.fit(system, datamodule=data, ckpt_path=str(resume) if resume else None)
-    trainer.save_checkpoint(folder / "checkpoints" / "last.ckpt", weights_only=False)
-    digests = check_ranks_agree(trainer, system)
+    fitted = fit(cfg, system, data, folder, [*own_callbacks, *(callbacks or [])])
+    trainer = fitted.trainer
     if not trainer.is_global_zero:
+        raise_if_requested(f"{fitted.stopped} (by rank 0)")
         return T2IResult(folder, None, None)
-    generator = export_text_generator(system, folder, cfg, cache, trainer.global_step)
-    summary = {
-        "step": trainer.global_step,
-        "world_size": trainer.world_size,
-        "global_batch_size": cfg.train.global_batch_size,
-        "model": cfg.model.name,
-        "parameters": n_params,
-        "latent_shape": [channels, size, size],
-        "distinct_captions": len(captions.captions),
-        "weights_sha256": digests,
-        "ranks_agree": True,
-        "previews": [str(p) for p in preview.written] if preview else [],
-        "generator": str(generator),
-        **speed.summary(),
-    }
+    generator = export_generator(
+        system,
+        folder,
+        cfg,
+        cache,
+        trainer.global_step,
+        conditioning="text",
+        caption_dropout_prob=cfg.text.caption_dropout_prob,
+    )
+    summary = training_summary(
+        fitted, cfg, n_params, latents, generator, speed, distinct_captions=len(captions.captions)
+    )
+    summary["previews"] = [str(p) for p in preview.written] if preview else []
     write_json_atomic(folder / SUMMARY_FILE, summary)
+    raise_if_requested(
+        f"{fitted.stopped}, generator (EMA weights) exported to {generator}; rerun the same command to resume"
+    )
     rate = f", {summary['steps_per_sec']:.2f} steps/s" if summary["steps_per_sec"] else ""
     log.info(f"done at step {trainer.global_step}{rate}; generator -> {generator}")
     sys.stdout.flush()

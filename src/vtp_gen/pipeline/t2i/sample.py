@@ -36,8 +36,9 @@ from vtp_gen.pipeline.sample.run import (
     resolve_tokenizer,
     run_info,
 )
+from vtp_gen.pipeline.stage2.run import GENERATOR_DIR
 from vtp_gen.pipeline.t2i.config import HELD_OUT_PROMPTS
-from vtp_gen.pipeline.t2i.run import GENERATOR_DIR, RUN_STEP
+from vtp_gen.pipeline.t2i.run import RUN_STEP
 from vtp_gen.systems.flow_matching import tensor_digest
 from vtp_gen.systems.sampling import LatentDecoder, missing_indices, png_path, write_adm_npz
 from vtp_gen.t2i.sampling import (
