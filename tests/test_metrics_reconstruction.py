@@ -97,6 +97,28 @@ def test_metrics_accumulate_over_batches():
     for o, r in batches:
         again.update(o.permute(0, 2, 3, 1).numpy(), r.permute(0, 2, 3, 1).numpy())
     assert again.compute()["rfid"] == pytest.approx(result["rfid"], rel=1e-9)
+    assert result["l1"] == pytest.approx(
+        (originals.double() - reconstructions.double()).abs().div(255).mean().item(), rel=1e-6
+    )
+
+
+def test_reference_features_stand_in_for_the_originals():
+    batches = [_pairs(seed, n=4) for seed in range(3)]
+    originals = torch.cat([b[0] for b in batches])
+    computed = ReconstructionMetrics(inception=_MeanColour())
+    # More rows than images: the first num_images rows are the originals (an FID reference's prefix).
+    extra = _pairs(9, n=3)[0]
+    given = ReconstructionMetrics(
+        inception=_MeanColour(), reference_features=_MeanColour()(torch.cat([originals, extra])).numpy()
+    )
+    for o, r in batches:
+        computed.update(o, r)
+        given.update(o, r)
+    assert given.compute()["rfid"] == pytest.approx(computed.compute()["rfid"], rel=1e-9)
+    short = ReconstructionMetrics(inception=_MeanColour(), reference_features=np.zeros((2, 6), np.float32))
+    short.update(*batches[0])
+    with pytest.raises(ValueError, match="2 rows for 4 images"):
+        short.compute()
 
 
 def test_perfect_reconstruction():

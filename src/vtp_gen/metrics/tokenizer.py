@@ -27,8 +27,6 @@ from tqdm.auto import tqdm
 from vtp_gen.data.images import save_grid
 from vtp_gen.data.text_tokenizer import CLIPTextTokenizer
 from vtp_gen.data.transforms import to_uint8
-from vtp_gen.metrics.features import extract_features
-from vtp_gen.metrics.generation import FeatureStatistics, frechet_distance
 from vtp_gen.metrics.reconstruction import ReconstructionMetrics
 from vtp_gen.metrics.templates import Template, openai_imagenet_templates, zero_shot_setup
 from vtp_gen.metrics.zero_shot import zero_shot_accuracy
@@ -81,37 +79,17 @@ def evaluate_reconstruction(
     them for exactly these images (the FID reference of the same split).
     """
     device = torch.device(device)
-    accumulator = ReconstructionMetrics(lpips=lpips, inception=None, device=device)
-    l1_sum, original_features, reconstruction_features, grid = 0.0, [], [], None
+    accumulator = ReconstructionMetrics(lpips, feature_network, device, reference_features)
+    grid = None
     for images in tqdm(batches, desc="reconstruction", disable=not progress, leave=False):
         images = images.to(device)
         decoded = tokenizer.get_latents_decoded_images(tokenizer.get_reconstruction_latents(images))
         original, reconstruction = uint8_nchw(images), uint8_nchw(decoded)
         accumulator.update(original, reconstruction)
-        l1_sum += (original.float() - reconstruction.float()).abs().div(255).mean(dim=(1, 2, 3)).sum().item()
-        if feature_network is not None:
-            reconstruction_features.append(extract_features(reconstruction, feature_network, progress=False))
-            if reference_features is None:
-                original_features.append(extract_features(original, feature_network, progress=False))
         if grid is None and grid_images > 0:
             count = min(grid_images, len(original))
             grid = torch.cat([original[:count], reconstruction[:count]])
-    metrics = accumulator.compute()
-    count = metrics["num_images"]
-    metrics["l1"] = l1_sum / count
-    if feature_network is not None:
-        if count < 2:
-            raise ValueError("rFID needs at least 2 images")
-        originals = (
-            reference_features[:count]
-            if reference_features is not None
-            else np.concatenate(original_features)
-        )
-        metrics["rfid"] = frechet_distance(
-            FeatureStatistics.from_features(originals),
-            FeatureStatistics.from_features(np.concatenate(reconstruction_features)),
-        )
-    return ReconstructionReport(metrics, grid)
+    return ReconstructionReport(accumulator.compute(), grid)
 
 
 def zero_shot_classes(
