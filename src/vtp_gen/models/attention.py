@@ -11,7 +11,7 @@ sequences and recomputes the scores in the backward; at the token counts of
 the CPU recipes (17-65 image tokens, 32 text tokens) it barely gains from a
 second thread (1.35x from 1 to 2 threads), while two large batched matmuls
 do (2.1x). Forward + backward on the 2-core development machine, 2 threads
-(best of 5; ``make bench ARGS="--only attention"`` measures it):
+(best of 5 with ``torch.utils.benchmark``):
 
 =====================  =========  ========  ======
 B x heads x tokens x D  flash, ms  ours, ms  gain

@@ -6,7 +6,7 @@ large tensors every time (the CLIP token-embedding gradient alone is 49408 x
 768 floats, 145 MiB, at VTP-B), so each step faults all of that memory in
 again, one 4 KiB page at a time. Measured on the small-B stage-1 step on 2
 CPU cores: 114k minor page faults and 0.8 s of system time per step, against
-10k and 0.16 s with the setting below (docs/performance.md).
+10k and 0.16 s with the setting below.
 
 ``keep_freed_host_memory()`` tells malloc to serve large blocks from its heap
 (``M_MMAP_MAX=0``) and to keep freed memory for reuse (``M_TRIM_THRESHOLD``),

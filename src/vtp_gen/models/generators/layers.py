@@ -191,7 +191,7 @@ class Attention(nn.Module):
             q, k, v = rope.rotate_qk(qkv, self.num_heads, q_scale=self.head_dim**-0.5)
             # q carries the scale. SDPA reads these strided views in place, where the two-matmul CPU path
             # would copy q and k first: 1.04x (LightningDiT-T/2) to 1.09x (width 384) of the whole
-            # stage-2 step on the 2-core CPU (docs/performance.md).
+            # stage-2 step on the 2-core development CPU.
             x = F.scaled_dot_product_attention(q, k, v, scale=1.0)
         else:
             q, k, v = split_heads(qkv, self.num_heads)

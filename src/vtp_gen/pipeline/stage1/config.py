@@ -95,8 +95,8 @@ class OptimConfig:
     beta1: float = 0.9
     beta2: float = 0.98
     eps: float = 1e-6
-    # One fused AdamW kernel instead of a loop over parameter tensors: measured 1.02x (tiny) and
-    # 1.08x (small-B) of the whole CPU step (docs/performance.md); off for FSDP (vtp_l.yaml).
+    # One fused AdamW kernel instead of a loop over parameter tensors: 1.02x (tiny) and 1.08x
+    # (small-B) of the whole step on the 2-core development CPU; off for FSDP (vtp_l.yaml).
     fused: bool = True
 
 

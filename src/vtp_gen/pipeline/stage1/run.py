@@ -180,7 +180,7 @@ def maybe_compile(cfg: DictConfig, system: L.LightningModule, phase: str) -> Non
     """With ``trainer.compile``: regional ``torch.compile`` of the system's transformer blocks.
 
     Off by default. On the 2-core CPU the tiny step ran 1.09x faster after 24 s
-    of compilation, which 400 steps do not repay (docs/performance.md); on a
+    of compilation, which 400 steps do not repay; on a
     GPU, ``bench/gpu_mfu.py`` measures the same regional compile of VTP-B/L.
     """
     if cfg.trainer.compile:

@@ -76,8 +76,8 @@ class OptimConfig:
     beta2: float = 0.95
     weight_decay: float = 0.0
     eps: float = 1e-8
-    # One fused AdamW kernel instead of torch's loop over parameter tensors (the CPU default):
-    # 1.04-1.05x of the tiny CPU step (bench stage2/tiny/step_fused_adamw); same update rule.
+    # One fused AdamW kernel instead of torch's loop over parameter tensors (the CPU default), same
+    # update rule: 1.04-1.05x of the whole tiny stage-2 step on the 2-core development CPU.
     fused: bool = True
 
 
