@@ -8,7 +8,7 @@ import pytest
 import torch
 from test_stage2_helpers import make_latent_cache
 
-from vtp_gen.config import load_config
+from vtp_gen.config import ConfigError, load_config
 from vtp_gen.latents.dataset import LatentDataset
 from vtp_gen.pipeline.stage2.config import Stage2Config
 from vtp_gen.pipeline.t2i.config import T2IConfig, T2ISampleConfig
@@ -103,6 +103,10 @@ def test_train_export_and_resume_bit_exactly(captioned_cache, trained):
     run(load_config(T2IConfig, T2I_RECIPE, first))
     resumed = run(load_config(T2IConfig, T2I_RECIPE, overrides(out, "resumed", captioned_cache, tokenizer)))
     assert resumed.summary["weights_sha256"] == straight.summary["weights_sha256"]
+    # Stage 2's resume rules hold here too: a changed seed is refused, in one line naming the key.
+    reseeded = overrides(out, "resumed", captioned_cache, tokenizer, "trainer.max_steps=12", "run.seed=7")
+    with pytest.raises(ConfigError, match="run.seed=7 differs"):
+        run(load_config(T2IConfig, T2I_RECIPE, reseeded))
 
     generator = load_text_generator(straight.generator)
     assert generator.config["text_dim"] == 48 and generator.config["in_channels"] == 16
