@@ -7,10 +7,11 @@ Components: ``transformer`` (``LightningDiTTransformer2DModel``), ``vae``
 (``AutoencoderVTP``: the tokenizer, under the name diffusers pipelines give
 their autoencoder) and ``scheduler`` (diffusers' ``FlowMatchEulerDiscreteScheduler``).
 
-Conventions meet in ``__call__``. diffusers' flow schedulers integrate in
-sigma from 1 (noise) to 0 (data), ``x = sigma * noise + (1 - sigma) * data``,
-and step with ``d x / d sigma = noise - data``; our generators take the flow
-time t = 1 - sigma and predict ``data - noise``. So the model is called at
+Conventions meet in ``sample_with_scheduler`` (``VTPTextPipeline`` shares it).
+diffusers' flow schedulers integrate in sigma from 1 (noise) to 0 (data),
+``x = sigma * noise + (1 - sigma) * data``, and step with
+``d x / d sigma = noise - data``; our generators take the flow time
+t = 1 - sigma and predict ``data - noise``. So the model is called at
 ``t = 1 - timestep / num_train_timesteps`` and its velocity is negated for
 ``scheduler.step``. Our timestep shift s (``t' = s t / (1 + (s - 1) t)``) is
 the scheduler's ``shift = 1 / s`` on sigma. With the uniform sigma grid passed
@@ -58,7 +59,9 @@ def set_scheduler_timesteps(scheduler, num_inference_steps: int, device: torch.d
         scheduler.set_timesteps(num_inference_steps, device=device)
 
 
-def integrate(pipe: DiffusionPipeline, velocity, latents: Tensor, num_inference_steps: int) -> Tensor:
+def sample_with_scheduler(
+    pipe: DiffusionPipeline, velocity, latents: Tensor, num_inference_steps: int
+) -> Tensor:
     """Euler steps of ``pipe.scheduler`` along our velocity ``v(x, t)``, from noise ``latents``.
 
     Shared by the class and text pipelines: the conventions meet here (module docstring).
@@ -227,7 +230,9 @@ class VTPPipeline(DiffusionPipeline):
             mode,
             null_class=model_config.num_classes,
         )
-        images = latents_to_output(self.vae, integrate(self, velocity, latents, steps), output_type)
+        images = latents_to_output(
+            self.vae, sample_with_scheduler(self, velocity, latents, steps), output_type
+        )
         self.maybe_free_model_hooks()
         if not return_dict:
             return (images,)

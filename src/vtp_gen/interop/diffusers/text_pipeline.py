@@ -35,7 +35,12 @@ from torch import Tensor
 
 from vtp_gen.guidance import GUIDANCE_MODES, combine_guidance
 from vtp_gen.interop.diffusers.autoencoder import AutoencoderVTP
-from vtp_gen.interop.diffusers.pipeline import OUTPUT_TYPES, initial_noise, integrate, latents_to_output
+from vtp_gen.interop.diffusers.pipeline import (
+    OUTPUT_TYPES,
+    initial_noise,
+    latents_to_output,
+    sample_with_scheduler,
+)
 from vtp_gen.interop.diffusers.text_encoder import VTPTextEncoder, VTPTextEncoderOutput
 from vtp_gen.interop.diffusers.transformer import TextDiTTransformer2DModel
 
@@ -220,7 +225,9 @@ class VTPTextPipeline(DiffusionPipeline):
         if null is not None:
             null = VTPTextEncoderOutput(*(x.to(device) for x in null.to_tuple()))
         velocity = self._guided_velocity(cond, null, scale, start, mode)
-        images = latents_to_output(self.vae, integrate(self, velocity, latents, steps), output_type)
+        images = latents_to_output(
+            self.vae, sample_with_scheduler(self, velocity, latents, steps), output_type
+        )
         self.maybe_free_model_hooks()
         if not return_dict:
             return (images,)
