@@ -228,5 +228,8 @@ def test_export_cli_t2i_run(models, tmp_path):
     # 2 rows x 2 columns of 32 px tiles with 2 px padding, the prompts written to the left.
     height, width, _ = load_png(grid).shape
     assert height == 2 * 34 + 2 and width > 2 * 34 + 2
+    with pytest.raises(SystemExit):  # a text grid without prompts is refused before anything is written
+        main(["--run", str(run), "--t2i", "--out", str(tmp_path / "none"), "--grid", str(grid)])
+    assert not (tmp_path / "none").exists()
     with pytest.raises(ValueError, match="prompts, not class names"):
         export_run(tmp_path / "other", run, t2i=True, class_names={0: "coat"})

@@ -283,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.run is None and args.generator is None:
         build_parser().error("give --run or --generator")
+    if args.grid and args.t2i and not args.prompt:
+        build_parser().error("a text-to-image --grid needs its rows: give --prompt (once per row)")
     overrides = {}
     for key, value in (
         ("shift", args.shift),
