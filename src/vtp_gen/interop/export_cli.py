@@ -139,7 +139,10 @@ def export_run(
     generator = Path(generator)
     if not generator.exists():
         step = "text-to-image training" if t2i else "`make stage2`"
-        raise FileNotFoundError(f"no generator at {generator} (run {step} first, or give --generator)")
+        hint = ""
+        if not t2i and run is not None and (run / TEXT_GENERATOR_SUBDIR).is_dir():
+            hint = f"; {run / TEXT_GENERATOR_SUBDIR} exists: add --t2i to export it"
+        raise FileNotFoundError(f"no generator at {generator} (run {step} first, or give --generator){hint}")
     run_info = _read_json((generator if generator.is_dir() else generator.parent) / RUN_INFO_FILE)
     tokenizer_path = resolve_tokenizer(run, run_info, str(tokenizer) if tokenizer else None)
     stats_folder = resolve_stats(generator, run, run_info, str(latent_stats) if latent_stats else None)
