@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from vtp_gen import create_model
-from vtp_gen.data.text_tokenizer import CLIPTextTokenizer
-from vtp_gen.t2i.text_features import CaptionEncoder, valid_token_mask
+from vtp_gen.data.text_tokenizer import CLIPTextTokenizer, valid_token_mask
+from vtp_gen.t2i.text_features import CaptionEncoder
 
 
 @pytest.fixture(scope="module")
@@ -47,11 +47,12 @@ def test_the_tower_stays_frozen_and_is_not_changed_by_encoding(tokenizer):
     encoder.train()
     assert not encoder.tower.training
     assert not any(p.requires_grad for p in encoder.tower.parameters())
-    # The capture hook is inert outside encode(): the tokenizer's own text path still works.
+    encoder(["a coat"])
+    # Encoding leaves no hook behind: the tokenizer's own text path is untouched.
     tokens = CLIPTextTokenizer.from_config(tokenizer.config)(["a coat"])
     with torch.no_grad():
         assert tokenizer.encode_text(tokens).shape == (1, tokenizer.config.text_embed_dim)
-    assert encoder._captured is None
+    assert not encoder.tower.ln_final._forward_hooks
 
 
 def test_a_tokenizer_without_text_tower_is_a_clear_error():

@@ -8,17 +8,20 @@ import pytest
 import torch
 from test_stage2_helpers import make_latent_cache
 
+from vtp_gen import load_tokenizer
 from vtp_gen.config import ConfigError, load_config
+from vtp_gen.interop.diffusers import VTPTextPipeline
+from vtp_gen.interop.export_cli import main as export_main
+from vtp_gen.interop.generators import load_text_generator
 from vtp_gen.latents.dataset import LatentDataset
 from vtp_gen.pipeline.stage2.config import Stage2Config
 from vtp_gen.pipeline.t2i.config import T2IConfig, T2ISampleConfig
 from vtp_gen.pipeline.t2i.run import run
 from vtp_gen.pipeline.t2i.sample import run as sample_run
 from vtp_gen.t2i.captions import CAPTIONS_FILE, CacheCaptions, write_captions
-from vtp_gen.t2i.guidance import text_guided_velocity
-from vtp_gen.t2i.sampling import load_text_generator
+from vtp_gen.t2i.guidance import sample_text, text_guided_velocity
 from vtp_gen.t2i.system import draw_captions
-from vtp_gen.t2i.text_features import TextFeatures
+from vtp_gen.t2i.text_features import CaptionEncoder, TextFeatures
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -165,6 +168,33 @@ def _evaluate(out, *extra):
         *extra,
     ]
     return eval_run(load_config(T2IEvalConfig, REPO_ROOT / "configs" / "eval" / "t2i_tiny.yaml", evaluation))
+
+
+def test_the_trained_run_exports_as_a_diffusers_text_pipeline(trained, tmp_path):
+    """export_cli --t2i on the trained run: the pipeline loaded from disk samples what sample_text samples."""
+    out, tokenizer, straight = trained
+    folder = tmp_path / "exported"
+    assert export_main(["--run", str(out / "straight"), "--t2i", "--out", str(folder)]) == 0
+    pipe = VTPTextPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.config.default_num_inference_steps == 49  # the recipe's 50 grid points
+
+    prompts = ["a circle", "the dot pattern"]
+    guidance = dict(guidance_scale=2.0, guidance_interval_start=0.3)
+    latents = pipe(
+        prompts, num_inference_steps=3, generator=seeded(1), output_type="latent", **guidance
+    ).images
+    encoder = CaptionEncoder.from_tokenizer(load_tokenizer(tokenizer))
+    noise = torch.randn(2, 16, 4, 4, generator=seeded(1))
+    generator = load_text_generator(straight.generator)
+    direct = sample_text(
+        generator, noise, encoder(prompts), encoder.null(), steps=4, cfg_scale=2.0, cfg_interval_start=0.3
+    )
+    assert (latents - direct).abs().max().item() <= 1e-5 * max(1.0, direct.abs().max().item())
+
+
+def seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
 
 
 def test_evaluation_end_to_end_without_fid(trained):

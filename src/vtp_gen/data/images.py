@@ -12,11 +12,12 @@ of PNG files. Float tensors are converted on the way in:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from vtp_gen.data.transforms import to_uint8
 from vtp_gen.utils.atomic import atomic_output
@@ -100,3 +101,21 @@ def load_png(path: str | Path) -> np.ndarray:
     """uint8 (H, W, 3) pixels of a PNG (or any image PIL reads), converted to RGB."""
     with Image.open(path) as image:
         return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+
+
+def captioned_grid(
+    images: torch.Tensor, prompts: Sequence[str], per_row: int, normalized: bool = True
+) -> np.ndarray:
+    """One row per prompt (``per_row`` images each), the prompt written to the left of its row."""
+    grid = make_grid(images, nrow=per_row, normalized=normalized)
+    rows = len(prompts)
+    font = ImageFont.load_default()
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label_width = 8 + max(int(probe.textlength(p, font=font)) for p in prompts)
+    canvas = Image.new("RGB", (label_width + grid.shape[1], grid.shape[0]), (255, 255, 255))
+    canvas.paste(Image.fromarray(grid), (label_width, 0))
+    draw = ImageDraw.Draw(canvas)
+    row_height = grid.shape[0] / rows
+    for r, prompt in enumerate(prompts):
+        draw.text((4, int(r * row_height + row_height / 2 - 5)), prompt, fill=(0, 0, 0), font=font)
+    return np.asarray(canvas)

@@ -2,18 +2,27 @@
 
     python -m vtp_gen.interop.export_cli --run runs/default --out exported/
     python -m vtp_gen.interop.export_cli --run runs/default --out exported/ --grid docs/images/diffusers_grid.png
+    python -m vtp_gen.interop.export_cli --run runs/t2i_tiny --t2i --out exported_t2i/ \
+        --grid grid.png --prompt "a coat" --prompt "a sneaker"
 
-Reads what ``make stage2`` leaves in ``<run>/stage2/generator/``: the EMA
-weights (``config.json`` + ``model.safetensors``), the cache's
+Reads what ``make stage2`` leaves in ``<run>/stage2/generator/`` (with
+``--t2i``: what text-to-image training leaves in ``<run>/t2i/generator/``):
+the EMA weights (``config.json`` + ``model.safetensors``), the cache's
 ``latents_stats.pt`` and ``stage2.json`` (the tokenizer it was trained with,
 the latent multiplier, the sampler recipe). The tokenizer is that one, else
-``<run>/stage1/tokenizer``. Class names come from the cache's manifest
-(Fashion-MNIST names, or the class folders of an image folder), or from
-``--class-names``. Every input can be named explicitly instead.
+``<run>/stage1/tokenizer``. Every input can be named explicitly instead.
 
-The written folder loads with ``VTPPipeline.from_pretrained(out)`` after
-``import vtp_gen.interop.diffusers``; ``--grid`` reloads it from disk and
-draws one row per class, so a successful grid proves the folder is complete.
+The generator's ``config.json`` decides the pipeline: a class-conditional
+generator gives a ``VTPPipeline`` (class names from the cache's manifest:
+Fashion-MNIST names, or the class folders of an image folder; or from
+``--class-names``), a text generator (``TextLightningDiT``) a
+``VTPTextPipeline`` whose text encoder is the tokenizer's own text tower.
+
+The written folder loads with ``VTPPipeline.from_pretrained(out)`` (or
+``VTPTextPipeline``) after ``import vtp_gen.interop.diffusers``; ``--grid``
+reloads it from disk and draws one row per class (per ``--prompt`` for a text
+pipeline, the prompt written beside its row), so a successful grid proves the
+folder is complete.
 """
 
 from __future__ import annotations
@@ -26,14 +35,21 @@ from pathlib import Path
 import torch
 
 from vtp_gen.data.fashion_mnist import CLASS_NAMES as FASHION_MNIST_CLASSES
-from vtp_gen.data.images import save_grid
-from vtp_gen.interop.diffusers import VTPPipeline, build_pipeline, pipeline_sampling
-from vtp_gen.interop.generators import load_generator
+from vtp_gen.data.images import captioned_grid, save_grid, save_png
+from vtp_gen.interop.diffusers import (
+    VTPPipeline,
+    VTPTextPipeline,
+    build_pipeline,
+    build_text_pipeline,
+    pipeline_sampling,
+)
+from vtp_gen.interop.generators import is_text_generator, load_generator, load_text_generator
 from vtp_gen.interop.vtp import load_tokenizer
 from vtp_gen.latents.dataset import LatentStats
 from vtp_gen.latents.manifest import STATS_FILE, read_manifest
 
 GENERATOR_SUBDIR = Path("stage2") / "generator"
+TEXT_GENERATOR_SUBDIR = Path("t2i") / "generator"
 TOKENIZER_SUBDIR = Path("stage1") / "tokenizer"
 RUN_INFO_FILE = "stage2.json"
 EXPORT_INFO_FILE = "vtp_gen_export.json"
@@ -106,9 +122,11 @@ def export_run(
     latent_stats: str | Path | None = None,
     class_names: dict[int, str] | None = None,
     overrides: dict | None = None,
-):
-    """Write the pipeline folder ``out``; returns the (in-memory) ``VTPPipeline`` that was saved.
+    t2i: bool = False,
+) -> VTPPipeline | VTPTextPipeline:
+    """Write the pipeline folder ``out``; returns the (in-memory) pipeline that was saved.
 
+    ``t2i``: the run's default generator is ``<run>/t2i/generator`` (text-to-image training's).
     ``overrides``: ``build_pipeline`` keyword arguments that replace the recipe's
     (``shift``, ``num_inference_steps``, ``guidance_scale``, ...).
     """
@@ -117,35 +135,46 @@ def export_run(
     if generator is None:
         if run is None:
             raise ValueError("give a run folder or a generator")
-        generator = run / GENERATOR_SUBDIR
+        generator = run / (TEXT_GENERATOR_SUBDIR if t2i else GENERATOR_SUBDIR)
     generator = Path(generator)
     if not generator.exists():
-        raise FileNotFoundError(f"no generator at {generator} (run `make stage2` first, or give --generator)")
+        step = "text-to-image training" if t2i else "`make stage2`"
+        hint = ""
+        if not t2i and run is not None and (run / TEXT_GENERATOR_SUBDIR).is_dir():
+            hint = f"; {run / TEXT_GENERATOR_SUBDIR} exists: add --t2i to export it"
+        raise FileNotFoundError(f"no generator at {generator} (run {step} first, or give --generator){hint}")
     run_info = _read_json((generator if generator.is_dir() else generator.parent) / RUN_INFO_FILE)
     tokenizer_path = resolve_tokenizer(run, run_info, str(tokenizer) if tokenizer else None)
     stats_folder = resolve_stats(generator, run, run_info, str(latent_stats) if latent_stats else None)
     stats = LatentStats.load(stats_folder, multiplier=float(run_info.get("latent_multiplier", 1.0)))
-
-    if class_names is None:
-        cache = Path(run_info["latent_cache"]) if run_info.get("latent_cache") else None
-        if cache is None and run is not None:
-            cache = run / "cache"
-        names = class_names_from_cache(cache)
-        class_names = dict(enumerate(names)) if names else None
-
-    generator_model = load_generator(generator)
-    if class_names and len(class_names) != generator_model.num_classes:
-        raise ValueError(
-            f"{len(class_names)} class names for a generator of {generator_model.num_classes} classes"
-        )
     settings = pipeline_sampling(run_info.get("sampling", {}))
     settings.update(overrides or {})
-    pipe = build_pipeline(
-        load_tokenizer(tokenizer_path), generator_model, stats, id2label=class_names, **settings
-    )
+
+    if is_text_generator(generator):
+        if class_names:
+            raise ValueError(f"{generator} is a text-to-image generator: it takes prompts, not class names")
+        pipe = build_text_pipeline(
+            load_tokenizer(tokenizer_path), load_text_generator(generator), stats, **settings
+        )
+    else:
+        if class_names is None:
+            cache = Path(run_info["latent_cache"]) if run_info.get("latent_cache") else None
+            if cache is None and run is not None:
+                cache = run / "cache"
+            names = class_names_from_cache(cache)
+            class_names = dict(enumerate(names)) if names else None
+        generator_model = load_generator(generator)
+        if class_names and len(class_names) != generator_model.num_classes:
+            raise ValueError(
+                f"{len(class_names)} class names for a generator of {generator_model.num_classes} classes"
+            )
+        pipe = build_pipeline(
+            load_tokenizer(tokenizer_path), generator_model, stats, id2label=class_names, **settings
+        )
     out = Path(out)
     pipe.save_pretrained(out)
     info = {
+        "pipeline": type(pipe).__name__,
         "generator": str(generator.resolve()),
         "tokenizer": str(tokenizer_path.resolve()),
         "latent_stats": str((stats_folder / STATS_FILE).resolve()),
@@ -183,6 +212,30 @@ def write_grid(
     return save_grid(images, path, nrow=per_class)
 
 
+def write_text_grid(
+    folder: str | Path,
+    path: str | Path,
+    prompts: list[str],
+    per_prompt: int,
+    seed: int,
+    guidance_scale: float | None = None,
+) -> Path:
+    """Reload the exported text pipeline and draw ``per_prompt`` samples of each prompt, one captioned row each."""
+    if not prompts:
+        raise ValueError("a text-to-image grid needs prompts: give --prompt (once per row)")
+    pipe = VTPTextPipeline.from_pretrained(str(folder))
+    pipe.set_progress_bar_config(disable=True)
+    generator = torch.Generator().manual_seed(seed)
+    images = pipe(
+        prompt=prompts,
+        num_images_per_prompt=per_prompt,
+        guidance_scale=guidance_scale,
+        generator=generator,
+        output_type="pt",
+    ).images
+    return save_png(captioned_grid(images, prompts, per_prompt, normalized=False), path)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m vtp_gen.interop.export_cli",
@@ -191,7 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--run", help="run folder (runs/<name>): reads stage2/generator and stage1/tokenizer")
     parser.add_argument("--out", required=True, help="output folder (a diffusers pipeline)")
     parser.add_argument(
-        "--generator", help="generator folder / .safetensors / .pt (default <run>/stage2/generator)"
+        "--t2i", action="store_true", help="export the run's text-to-image generator (<run>/t2i/generator)"
+    )
+    parser.add_argument(
+        "--generator",
+        help="generator folder / .safetensors / .pt (default <run>/stage2/generator, or <run>/t2i/generator)",
     )
     parser.add_argument(
         "--tokenizer", help="tokenizer folder, official VTP layout (default: stage 2's tokenizer)"
@@ -206,7 +263,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--guidance-scale", type=float, help="default classifier-free guidance scale")
     parser.add_argument("--grid", help="after exporting, reload the folder and save a sample grid PNG here")
-    parser.add_argument("--per-class", type=int, default=8, help="grid columns (samples per class)")
+    parser.add_argument(
+        "--per-class",
+        "--per-prompt",
+        dest="per_class",
+        type=int,
+        default=8,
+        help="grid columns (samples per class, or per prompt)",
+    )
+    parser.add_argument(
+        "--prompt", action="append", default=[], help="a text-to-image grid row (repeat for more rows)"
+    )
     parser.add_argument("--rows", type=int, help="grid rows (classes, evenly spaced; default all)")
     parser.add_argument("--seed", type=int, default=0, help="grid noise seed")
     parser.add_argument(
@@ -219,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.run is None and args.generator is None:
         build_parser().error("give --run or --generator")
+    if args.grid and args.t2i and not args.prompt:
+        build_parser().error("a text-to-image --grid needs its rows: give --prompt (once per row)")
     overrides = {}
     for key, value in (
         ("shift", args.shift),
@@ -235,17 +304,28 @@ def main(argv: list[str] | None = None) -> int:
         latent_stats=args.latent_stats,
         class_names=read_class_names(args.class_names) if args.class_names else None,
         overrides=overrides,
+        t2i=args.t2i,
     )
     config = pipe.config
+    if isinstance(pipe, VTPTextPipeline):
+        what = f"text-to-image ({pipe.text_encoder.width}-wide text tower)"
+    else:
+        what = f"{pipe.transformer.config.num_classes} classes"
     print(
-        f"exported {args.out}: {pipe.transformer.config.num_classes} classes, "
+        f"exported {args.out}: {what}, "
         f"{config.default_num_inference_steps} Euler steps, shift {pipe.scheduler.config.shift:g} (scheduler), "
         f"guidance {config.default_guidance_scale:g}"
     )
     if args.grid:
-        print(
-            f"grid -> {write_grid(args.out, args.grid, args.per_class, args.seed, args.rows, args.grid_guidance_scale)}"
-        )
+        if isinstance(pipe, VTPTextPipeline):
+            grid = write_text_grid(
+                args.out, args.grid, args.prompt, args.per_class, args.seed, args.grid_guidance_scale
+            )
+        else:
+            grid = write_grid(
+                args.out, args.grid, args.per_class, args.seed, args.rows, args.grid_guidance_scale
+            )
+        print(f"grid -> {grid}")
     return 0
 
 

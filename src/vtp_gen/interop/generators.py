@@ -10,6 +10,10 @@ Accepted by ``load_generator(path)``:
   checkpoint (``model`` / ``ema`` / ``opt`` / ``config`` or ``args``), read with
   ``torch.load(weights_only=True)``; the EMA weights are used when present.
 
+Text-conditioned generators (``TextLightningDiT``, no reference format) are read
+by ``load_text_generator`` from the same ``config.json`` + ``model.safetensors``
+folder layout; their config records ``architecture: "TextLightningDiT"``.
+
 Families differ in one behaviour the weights cannot tell: DiT's ``forward``
 returns its learned variances, SiT's and LightningDiT's drop them. The family is
 read from the checkpoint where it is recorded (``architecture`` in config.json,
@@ -31,6 +35,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from vtp_gen.models.generators import LightningDiT
+from vtp_gen.models.generators.text_dit import TextLightningDiT
 from vtp_gen.pretrained.safe_unpickle import load_tensors_only
 
 ARCHITECTURES = ("LightningDiT", "DiT", "SiT")
@@ -214,3 +219,26 @@ def save_generator(model: LightningDiT, path: str | Path) -> Path:
     state_dict = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state_dict, path / WEIGHTS_FILE)
     return path
+
+
+def is_text_generator(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a text-conditioned generator (its config.json names TextLightningDiT)."""
+    config_path = Path(folder) / CONFIG_FILE
+    if not config_path.is_file():
+        return False
+    return json.loads(config_path.read_text()).get("architecture") == TextLightningDiT.architecture
+
+
+def load_text_generator(folder: str | Path) -> TextLightningDiT:
+    """A ``config.json`` + ``model.safetensors`` folder written by text-to-image training (eval mode)."""
+    folder = Path(folder)
+    config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
+    for required in (config_path, weights_path):
+        if not required.is_file():
+            raise FileNotFoundError(f"{folder} is not a generator folder: {required.name} is missing")
+    config = json.loads(config_path.read_text())
+    if config.pop("architecture", None) != TextLightningDiT.architecture:
+        raise ValueError(f"{folder} holds a class-conditional generator: sample it with a class recipe")
+    model = TextLightningDiT(**config)
+    model.load_state_dict(load_file(weights_path), strict=True)
+    return model.eval()

@@ -2,40 +2,21 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
-from safetensors.torch import load_file
 
-from vtp_gen.data.images import make_grid, save_png, to_pixels
+from vtp_gen.data.images import captioned_grid, save_png, to_pixels
 from vtp_gen.models.generators.text_dit import TextLightningDiT
 from vtp_gen.systems.latent_data import derive_seed
 from vtp_gen.systems.sampling import LatentDecoder, sample_noise
 from vtp_gen.t2i.guidance import sample_text
 from vtp_gen.t2i.text_features import CaptionEncoder
 
-CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 SAMPLING_KEYS = ("method", "steps", "shift", "cfg_scale", "cfg_interval_start", "guidance_mode")
-
-
-def load_text_generator(folder: str | Path) -> TextLightningDiT:
-    """A ``config.json`` + ``model.safetensors`` folder written by text-to-image training (eval mode)."""
-    folder = Path(folder)
-    config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
-    for required in (config_path, weights_path):
-        if not required.is_file():
-            raise FileNotFoundError(f"{folder} is not a generator folder: {required.name} is missing")
-    config = json.loads(config_path.read_text())
-    if config.pop("architecture", None) != TextLightningDiT.architecture:
-        raise ValueError(f"{folder} holds a class-conditional generator: sample it with a class recipe")
-    model = TextLightningDiT(**config)
-    model.load_state_dict(load_file(weights_path), strict=True)
-    return model.eval()
 
 
 def sampling_settings(sampling) -> dict:
@@ -64,24 +45,6 @@ def generate(
     null = encoder.null().to(device)
     latents = sample_text(model, noise, cond, null, **sampling)
     return decoder(latents.float())
-
-
-def captioned_grid(
-    images: torch.Tensor, prompts: Sequence[str], per_row: int, normalized: bool = True
-) -> np.ndarray:
-    """One row per prompt (``per_row`` images each), the prompt written to the left of its row."""
-    grid = make_grid(images, nrow=per_row, normalized=normalized)
-    rows = len(prompts)
-    font = ImageFont.load_default()
-    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    label_width = 8 + max(int(probe.textlength(p, font=font)) for p in prompts)
-    canvas = Image.new("RGB", (label_width + grid.shape[1], grid.shape[0]), (255, 255, 255))
-    canvas.paste(Image.fromarray(grid), (label_width, 0))
-    draw = ImageDraw.Draw(canvas)
-    row_height = grid.shape[0] / rows
-    for r, prompt in enumerate(prompts):
-        draw.text((4, int(r * row_height + row_height / 2 - 5)), prompt, fill=(0, 0, 0), font=font)
-    return np.asarray(canvas)
 
 
 class PromptGridCallback(L.Callback):

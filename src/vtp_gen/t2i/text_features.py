@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from vtp_gen.data.text_tokenizer import CLIPTextTokenizer
+from vtp_gen.data.text_tokenizer import CLIPTextTokenizer, valid_token_mask
 
 NULL_CAPTION = ""
 
@@ -75,15 +75,6 @@ class TextFeatures:
         return {"text": self.tokens, "text_mask": self.mask, "pooled_text": self.pooled}
 
 
-def valid_token_mask(token_ids: Tensor, eot_token_id: int) -> Tensor:
-    """True from the start token up to and including the end-of-text token of each row."""
-    is_eot = token_ids == eot_token_id
-    if not bool(is_eot.any(dim=1).all()):
-        raise ValueError("every tokenised caption must hold an end-of-text token")
-    eot_position = is_eot.int().argmax(dim=1, keepdim=True)
-    return torch.arange(token_ids.shape[1], device=token_ids.device)[None] <= eot_position
-
-
 class CaptionEncoder(nn.Module):
     """Frozen text tower + its BPE tokenizer: ``encoder(["a photo of a bag", ""])`` -> :class:`TextFeatures`.
 
@@ -95,14 +86,6 @@ class CaptionEncoder(nn.Module):
         super().__init__()
         self.tower = tower.eval().requires_grad_(False)
         self.bpe = CLIPTextTokenizer(context_length)
-        self._captured: list[Tensor] | None = None
-        # The per-token states are what the tower's final norm outputs: capture them while the
-        # tower computes its pooled output, so both come from one forward pass, exactly as open_clip does.
-        self.tower.ln_final.register_forward_hook(self._capture)
-
-    def _capture(self, module, args, output) -> None:
-        if self._captured is not None:  # only inside encode_tokens; other users of the tower are left alone
-            self._captured.append(output)
 
     @classmethod
     def from_tokenizer(cls, tokenizer: nn.Module) -> CaptionEncoder:
@@ -137,14 +120,7 @@ class CaptionEncoder(nn.Module):
     def encode_tokens(self, token_ids: Tensor) -> TextFeatures:
         device = next(self.tower.parameters()).device
         token_ids = token_ids.to(device)
-        self._captured = []
-        try:
-            pooled = self.tower.encode(token_ids)
-            (tokens,) = self._captured
-        finally:
-            self._captured = None
-        if getattr(self.tower, "cls_emb", None) is not None:
-            raise ValueError("text towers with a class token (CoCa style) are not supported")
+        pooled, tokens = self.tower.encode_with_states(token_ids)
         return TextFeatures(
             tokens.float(), valid_token_mask(token_ids, self.bpe.eot_token_id), pooled.float()
         )

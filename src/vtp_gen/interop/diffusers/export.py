@@ -1,4 +1,4 @@
-"""Assemble a ``VTPPipeline`` from our own objects: a tokenizer, a generator, latent statistics, a sampler recipe."""
+"""Assemble a ``VTPPipeline`` / ``VTPTextPipeline`` from our own objects: a tokenizer, a generator, latent statistics, a sampler recipe."""
 
 from __future__ import annotations
 
@@ -9,9 +9,12 @@ from diffusers.schedulers import FlowMatchEulerDiscreteScheduler
 
 from vtp_gen.interop.diffusers.autoencoder import AutoencoderVTP
 from vtp_gen.interop.diffusers.pipeline import VTPPipeline
-from vtp_gen.interop.diffusers.transformer import LightningDiTTransformer2DModel
+from vtp_gen.interop.diffusers.text_encoder import VTPTextEncoder
+from vtp_gen.interop.diffusers.text_pipeline import VTPTextPipeline
+from vtp_gen.interop.diffusers.transformer import LightningDiTTransformer2DModel, TextDiTTransformer2DModel
 from vtp_gen.latents.dataset import LatentStats
 from vtp_gen.models.generators import LightningDiT
+from vtp_gen.models.generators.text_dit import TextLightningDiT
 from vtp_gen.models.tokenizer.model import VTPModel
 
 # diffusers' flow schedulers count time in units of 1/num_train_timesteps; 1000 is their convention.
@@ -87,6 +90,38 @@ def build_pipeline(
         vae=vae,
         scheduler=flow_scheduler(shift),
         id2label=dict(id2label) if id2label else None,
+        default_num_inference_steps=num_inference_steps,
+        default_guidance_scale=guidance_scale,
+        guidance_interval_start=guidance_interval_start,
+        guidance_mode=guidance_mode,
+    )
+
+
+def build_text_pipeline(
+    tokenizer: VTPModel,
+    generator: TextLightningDiT | TextDiTTransformer2DModel,
+    stats: LatentStats | None = None,
+    *,
+    shift: float = 0.0,
+    num_inference_steps: int = 50,
+    guidance_scale: float = 1.0,
+    guidance_interval_start: float = 0.0,
+    guidance_mode: str = "all_channels",
+) -> VTPTextPipeline:
+    """A text-to-image pipeline from a tokenizer (image and text sides), a text generator and its latent statistics.
+
+    The tokenizer gives both the ``vae`` (encoder, pixel decoder) and the ``text_encoder`` (its CLIP
+    text tower, which the generator was trained on). Arguments as in ``build_pipeline``.
+    """
+    if isinstance(generator, TextDiTTransformer2DModel):
+        transformer = generator
+    else:
+        transformer = TextDiTTransformer2DModel.from_generator(generator)
+    return VTPTextPipeline(
+        transformer=transformer,
+        vae=AutoencoderVTP.from_vtp(tokenizer, stats),
+        text_encoder=VTPTextEncoder.from_vtp(tokenizer),
+        scheduler=flow_scheduler(shift),
         default_num_inference_steps=num_inference_steps,
         default_guidance_scale=guidance_scale,
         guidance_interval_start=guidance_interval_start,

@@ -7,10 +7,11 @@ Components: ``transformer`` (``LightningDiTTransformer2DModel``), ``vae``
 (``AutoencoderVTP``: the tokenizer, under the name diffusers pipelines give
 their autoencoder) and ``scheduler`` (diffusers' ``FlowMatchEulerDiscreteScheduler``).
 
-Conventions meet in ``__call__``. diffusers' flow schedulers integrate in
-sigma from 1 (noise) to 0 (data), ``x = sigma * noise + (1 - sigma) * data``,
-and step with ``d x / d sigma = noise - data``; our generators take the flow
-time t = 1 - sigma and predict ``data - noise``. So the model is called at
+Conventions meet in ``sample_with_scheduler`` (``VTPTextPipeline`` shares it).
+diffusers' flow schedulers integrate in sigma from 1 (noise) to 0 (data),
+``x = sigma * noise + (1 - sigma) * data``, and step with
+``d x / d sigma = noise - data``; our generators take the flow time
+t = 1 - sigma and predict ``data - noise``. So the model is called at
 ``t = 1 - timestep / num_train_timesteps`` and its velocity is negated for
 ``scheduler.step``. Our timestep shift s (``t' = s t / (1 + (s - 1) t)``) is
 the scheduler's ``shift = 1 / s`` on sigma. With the uniform sigma grid passed
@@ -56,6 +57,46 @@ def set_scheduler_timesteps(scheduler, num_inference_steps: int, device: torch.d
         scheduler.set_timesteps(sigmas=uniform_sigmas(num_inference_steps).tolist(), device=device)
     else:
         scheduler.set_timesteps(num_inference_steps, device=device)
+
+
+def sample_with_scheduler(
+    pipe: DiffusionPipeline, velocity, latents: Tensor, num_inference_steps: int
+) -> Tensor:
+    """Euler steps of ``pipe.scheduler`` along our velocity ``v(x, t)``, from noise ``latents``.
+
+    Shared by the class and text pipelines: the conventions meet here (module docstring).
+    """
+    device = latents.device
+    set_scheduler_timesteps(pipe.scheduler, num_inference_steps, device)
+    num_train_timesteps = pipe.scheduler.config.num_train_timesteps
+    for timestep in pipe.progress_bar(pipe.scheduler.timesteps):
+        # Scheduler timestep = sigma * num_train_timesteps; our flow time is t = 1 - sigma.
+        t = (1.0 - timestep.float() / num_train_timesteps).expand(len(latents)).to(device)
+        v = velocity(latents, t)
+        # The scheduler steps along d x / d sigma = noise - data, the opposite of our velocity.
+        latents = pipe.scheduler.step(-v, timestep, latents, return_dict=False)[0]
+    return latents
+
+
+def latents_to_output(vae: AutoencoderVTP, latents: Tensor, output_type: str):
+    """The generator's latents -> ``output_type`` (``"latent"``: unchanged; else decoded pixels in [0, 1])."""
+    if output_type == "latent":
+        return latents
+    images = vae.decode(vae.denormalize_latents(latents), return_dict=False)[0]
+    pixels = denormalize(images.float()).clamp(0, 1)
+    if output_type == "pt":
+        return pixels.cpu()
+    array = pixels.permute(0, 2, 3, 1).cpu().numpy()
+    return array if output_type == "np" else DiffusionPipeline.numpy_to_pil(array)
+
+
+def initial_noise(shape: tuple, generator, latents: Tensor | None, device, dtype) -> Tensor:
+    """``latents`` when given (checked against ``shape``), else noise drawn with ``randn_tensor``."""
+    if latents is None:
+        return randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+    if tuple(latents.shape) != shape:
+        raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
+    return latents.to(device=device, dtype=dtype)
 
 
 class VTPPipeline(DiffusionPipeline):
@@ -140,13 +181,6 @@ class VTPPipeline(DiffusionPipeline):
     def _velocity(self, latents: Tensor, t: Tensor, labels: Tensor) -> Tensor:
         return self.transformer(latents, t, labels, return_dict=False)[0]
 
-    def _postprocess(self, images: Tensor, output_type: str):
-        pixels = denormalize(images.float()).clamp(0, 1)
-        if output_type == "pt":
-            return pixels.cpu()
-        array = pixels.permute(0, 2, 3, 1).cpu().numpy()
-        return array if output_type == "np" else self.numpy_to_pil(array)
-
     @torch.no_grad()
     def __call__(
         self,
@@ -186,14 +220,8 @@ class VTPPipeline(DiffusionPipeline):
         dtype = self.transformer.dtype
         model_config = self.transformer.config
         shape = (len(labels), model_config.in_channels, model_config.input_size, model_config.input_size)
-        if latents is None:
-            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-        elif tuple(latents.shape) != shape:
-            raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
-        latents = latents.to(device=device, dtype=dtype)
+        latents = initial_noise(shape, generator, latents, device, dtype)
         labels = labels.to(device)
-
-        set_scheduler_timesteps(self.scheduler, steps, device)
         velocity = guided_velocity(
             self._velocity,
             labels,
@@ -202,19 +230,9 @@ class VTPPipeline(DiffusionPipeline):
             mode,
             null_class=model_config.num_classes,
         )
-        num_train_timesteps = self.scheduler.config.num_train_timesteps
-        for timestep in self.progress_bar(self.scheduler.timesteps):
-            # Scheduler timestep = sigma * num_train_timesteps; our flow time is t = 1 - sigma.
-            t = (1.0 - timestep.float() / num_train_timesteps).expand(len(labels)).to(device)
-            v = velocity(latents, t)
-            # The scheduler steps along d x / d sigma = noise - data, the opposite of our velocity.
-            latents = self.scheduler.step(-v, timestep, latents, return_dict=False)[0]
-
-        if output_type == "latent":
-            images = latents
-        else:
-            decoded = self.vae.decode(self.vae.denormalize_latents(latents), return_dict=False)[0]
-            images = self._postprocess(decoded, output_type)
+        images = latents_to_output(
+            self.vae, sample_with_scheduler(self, velocity, latents, steps), output_type
+        )
         self.maybe_free_model_hooks()
         if not return_dict:
             return (images,)

@@ -106,3 +106,24 @@ class TextTower(TextTransformer):
             # earlier ones and EOT (the largest id) keeps its place for argmax pooling.
             tokens = nn.functional.pad(tokens, (0, self.context_length - length), value=self.pad_id)
         return self(tokens.long())
+
+    def encode_with_states(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """Token ids (B, L) -> (pooled features (B, text_embed_dim), per-token states (B, context, width)).
+
+        The per-token states are what ``ln_final`` outputs: they are captured while the tower
+        computes its pooled output, so both come from one forward pass and the pooled features
+        are exactly ``encode``'s. A class-token (CoCa-style) tower, whose final norm sees the
+        pooled token only, is refused.
+        """
+        if self.cls_emb is not None:
+            raise ValueError(
+                "text towers with a class token (CoCa style) have no per-token states after ln_final"
+            )
+        captured: list[Tensor] = []
+        hook = self.ln_final.register_forward_hook(lambda module, args, output: captured.append(output))
+        try:
+            pooled = self.encode(tokens)
+        finally:
+            hook.remove()
+        (states,) = captured
+        return pooled, states

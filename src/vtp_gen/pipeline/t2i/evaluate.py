@@ -17,7 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 from vtp_gen import load_tokenizer
 from vtp_gen.config import ConfigError
 from vtp_gen.data.fashion_mnist import FashionMNIST
-from vtp_gen.data.images import save_png
+from vtp_gen.data.images import captioned_grid, save_png
+from vtp_gen.interop.generators import load_text_generator
 from vtp_gen.latents.encode import CenterCropUint8
 from vtp_gen.metrics.generation import evaluate_generation
 from vtp_gen.pipeline.run_dir import run_root
@@ -34,13 +35,7 @@ from vtp_gen.pipeline.t2i.run import RUN_STEP
 from vtp_gen.pipeline.t2i.sample import pick_device
 from vtp_gen.systems.sampling import LatentDecoder, sample_noise
 from vtp_gen.t2i.evaluate import agreement, clip_score, load_or_train_judge
-from vtp_gen.t2i.sampling import (
-    captioned_grid,
-    generate,
-    load_text_generator,
-    sampling_settings,
-    uint8_pixels,
-)
+from vtp_gen.t2i.sampling import generate, sampling_settings, uint8_pixels
 from vtp_gen.t2i.text_features import CaptionEncoder
 from vtp_gen.transport import sample as transport_sample
 from vtp_gen.utils.atomic import write_json_atomic

@@ -23,7 +23,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from vtp_gen import load_tokenizer
 from vtp_gen.config import ConfigError
-from vtp_gen.data.images import load_png, save_png
+from vtp_gen.data.images import captioned_grid, load_png, save_png
+from vtp_gen.interop.generators import load_text_generator
 from vtp_gen.latents.manifest import tokenizer_identity
 from vtp_gen.pipeline.run_dir import run_root
 from vtp_gen.pipeline.sample.run import (
@@ -41,13 +42,7 @@ from vtp_gen.pipeline.t2i.config import HELD_OUT_PROMPTS
 from vtp_gen.pipeline.t2i.run import RUN_STEP
 from vtp_gen.systems.flow_matching import tensor_digest
 from vtp_gen.systems.sampling import LatentDecoder, missing_indices, png_path, write_adm_npz
-from vtp_gen.t2i.sampling import (
-    captioned_grid,
-    generate,
-    load_text_generator,
-    sampling_settings,
-    uint8_pixels,
-)
+from vtp_gen.t2i.sampling import generate, sampling_settings, uint8_pixels
 from vtp_gen.t2i.text_features import CaptionEncoder
 from vtp_gen.utils.atomic import write_json_atomic
 from vtp_gen.utils.log import step_logger
