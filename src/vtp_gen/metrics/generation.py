@@ -68,15 +68,46 @@ class FeatureStatistics:
             raise ValueError(f"sigma {self.sigma.shape} does not match mu {self.mu.shape}")
 
 
+def symmetric_root(sigma: np.ndarray) -> np.ndarray:
+    """The symmetric positive semi-definite square root of a covariance (eigenvalues clipped at 0)."""
+    eigvals, eigvecs = np.linalg.eigh(sigma)
+    return (eigvecs * np.sqrt(np.clip(eigvals, 0, None))) @ eigvecs.T
+
+
+def _trace_sqrt_with_root(root1: np.ndarray, sigma2: np.ndarray) -> float:
+    inner = np.linalg.eigvalsh(root1 @ sigma2 @ root1)
+    return float(np.sqrt(np.clip(inner, 0, None)).sum())
+
+
 def _trace_sqrt_product_symmetric(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
     """tr sqrt(S1 S2) via the symmetric form sqrt(S1) S2 sqrt(S1), whose eigenvalues are real.
 
     An independent route to the same number, used to check scipy's sqrtm.
     """
-    eigvals, eigvecs = np.linalg.eigh(sigma1)
-    root1 = (eigvecs * np.sqrt(np.clip(eigvals, 0, None))) @ eigvecs.T
-    inner = np.linalg.eigvalsh(root1 @ sigma2 @ root1)
-    return float(np.sqrt(np.clip(inner, 0, None)).sum())
+    return _trace_sqrt_with_root(symmetric_root(sigma1), sigma2)
+
+
+class FrechetToReference:
+    """Frechet distances of many feature sets to one fixed reference (bootstrap resamples, floors).
+
+    The reference's matrix root is computed once and the trace term comes from the
+    symmetric form ``sqrt(S_ref) S sqrt(S_ref)``, whose eigenvalues are real: no sqrtm per
+    call, no imaginary parts to reject when a resample has fewer vectors than dimensions.
+    Equal to :func:`frechet_distance` where both are defined (tests check it).
+    """
+
+    def __init__(self, reference: FeatureStatistics):
+        self.reference = reference
+        self._root = symmetric_root(reference.sigma)
+        self._trace = float(np.trace(reference.sigma))
+
+    def __call__(self, features: np.ndarray) -> float:
+        stats = FeatureStatistics.from_features(features)
+        if stats.mu.shape != self.reference.mu.shape:
+            raise ValueError(f"feature dimensions differ: {stats.mu.shape} vs {self.reference.mu.shape}")
+        diff = stats.mu - self.reference.mu
+        trace_sqrt = _trace_sqrt_with_root(self._root, stats.sigma)
+        return float(diff @ diff + np.trace(stats.sigma) + self._trace - 2.0 * trace_sqrt)
 
 
 def frechet_distance_details(
