@@ -92,3 +92,41 @@ def test_stored_judge_is_reused_and_old_key_names_load(small_judge, tmp_path):
     save_file({**old, "test_accuracy": torch.tensor(accuracy)}, tmp_path / "judge.safetensors")
     loaded, stored = load_or_train_judge(tmp_path / "judge.safetensors")
     assert stored == pytest.approx(accuracy) and judge_digest(loaded) == judge_digest(judge)
+
+
+def test_domain_evaluation_puts_real_images_at_the_floor_and_noise_far_above(small_judge):
+    from vtp_gen.metrics.domain_eval import DomainReference, evaluate_domain, reference_hits
+
+    judge, accuracy = small_judge
+    test, train = FashionMNIST(None, "test", max_samples=2000), FashionMNIST(None, "train", max_samples=1400)
+    test_features = judge_features(judge, test.images)
+    reference = DomainReference(
+        judge,
+        accuracy,
+        FeatureStatistics.from_features(test_features),
+        reference_hits(judge, test_features, test.labels),
+        judge_features(judge, train.images[:1000]),  # the floor's pool
+    )
+    real = evaluate_domain(
+        train.images[1000:], train.labels[1000:], reference, resamples=100, floor_repeats=20
+    )
+    assert real.num_samples == 400 and real.num_reference == 2000 and real.judge_accuracy == accuracy
+    assert real.frechet.low < real.frechet.value < real.frechet.high
+    # Real images are at the floor: their interval overlaps the floor's range.
+    assert real.frechet.low <= real.frechet_floor.high and real.frechet.high >= real.frechet_floor.low
+    assert real.frechet.low >= 0.0  # a distance: the interval stops at 0
+    direct = FrechetToReference(reference.reference)(judge_features(judge, train.images[1000:]))
+    assert real.frechet.value == pytest.approx(direct)
+    _, predicted = judge_outputs(judge, train.images[1000:])
+    assert real.agreement.value == pytest.approx((predicted == train.labels[1000:]).mean())
+    assert abs(real.agreement_floor.value - accuracy) < 0.1  # the judge's accuracy at N = 400
+    noise = np.random.default_rng(0).integers(0, 256, (400, 28, 28), dtype=np.uint8)
+    far = evaluate_domain(noise, None, reference, resamples=100, floor_repeats=20)
+    assert far.frechet.low > 5 * real.frechet_floor.high and far.agreement is None
+    assert set(far.to_dict()) == {
+        "num_samples",
+        "num_reference",
+        "judge_test_accuracy",
+        "domain_fd",
+        "domain_fd_floor",
+    }

@@ -74,12 +74,15 @@ def bootstrap_interval(
     seed: int = 0,
     level: float = LEVEL,
     method: str = "percentile",
+    minimum: float | None = None,
 ) -> Interval:
     """Bootstrap interval of ``statistic(indices)`` over ``num_items`` items.
 
     ``statistic`` receives an index array (all items for the point estimate, then
     ``resamples`` draws of ``num_items`` indices with replacement) and returns a number,
     so any per-item data (features, hits) can stand behind it. Deterministic in ``seed``.
+    ``minimum``: the smallest value the statistic can take (0 for a distance); the interval's
+    bounds are clipped there (a centred interval may otherwise reach below it).
     """
     if method not in BOOTSTRAP_METHODS:
         raise ValueError(f"bootstrap method {method!r}: choose {', '.join(BOOTSTRAP_METHODS)}")
@@ -95,6 +98,8 @@ def bootstrap_interval(
     if method == "centred":
         shift = float(draws.mean()) - value  # the resampling bias, removed
         lower, upper = lower - shift, upper - shift
+    if minimum is not None:
+        lower, upper = max(lower, minimum), max(upper, minimum)
     return Interval(
         value,
         float(lower),
