@@ -347,3 +347,75 @@ def test_adm_reference_batch(evaluated, tiny_run, tmp_path, monkeypatch):
     assert len(list((tmp_path / "cache" / "fid_references").glob("VIRTUAL_fmnist32-*.npz"))) == 1
     with pytest.raises(ValueError, match="feature extractor"):  # the stand-in under its own name is refused
         run_eval(_config(tiny_run, f"generation.reference={npz}", "cache_reference=false", *off))
+
+
+def test_domain_metric_with_intervals_floors_and_cached_references(
+    evaluated, tiny_run, tmp_path, monkeypatch
+):
+    """generation.domain: FD in the garment judge's features + label agreement, each with its interval
+    and real-vs-real floor, written through metrics.json / report.md; references cached and reused."""
+    from safetensors import safe_open
+
+    from vtp_gen.metrics.domain import JUDGE_FEATURES, judge_outputs, load_or_train_judge
+    from vtp_gen.metrics.generation import FeatureStatistics, frechet_distance
+    from vtp_gen.metrics.images import iter_image_batches
+    from vtp_gen.metrics.reference_cache import ReferenceKey, load_reference_features
+    from vtp_gen.pipeline.evaluate import domain as domain_part
+
+    monkeypatch.setenv("VTP_GEN_CACHE", str(tmp_path / "cache"))
+    cfg, result = evaluated
+    made = next((Path(result["report"]).parent / "samples").glob("*/samples.json")).parent
+    overrides = [
+        f"generation.samples={made}",
+        "generation.metrics=[fid]",
+        "cache_reference=true",
+        "reconstruction.enabled=false",
+        "linear_probe.enabled=false",
+        "zero_shot.enabled=false",
+        "generation.domain.enabled=true",
+        "generation.domain.judge_epochs=1",
+        "generation.domain.judge_train_images=2000",
+        "generation.domain.num_reference=500",
+        "generation.domain.floor_pool=200",
+        "generation.domain.floor_repeats=10",
+        "generation.domain.bootstrap_resamples=50",
+    ]
+    out = run_eval(_config(tiny_run, f"out_dir={tmp_path / 'a'}", *overrides))
+    info, records = read_metrics_json(out["metrics"])
+    by_metric = {r.metric: r for r in records}
+    fd, agree = by_metric["domain_fd"], by_metric["label_agreement"]
+    assert fd.label == "FD-judge-30" and fd.protocol.features == JUDGE_FEATURES
+    assert fd.protocol.num_reference == 500 and fd.protocol.reference == "Fashion-MNIST test"
+    assert fd.protocol.method == by_metric["gfid"].protocol.method  # same samples, same sampler
+    for record in (fd, agree):
+        low, high = record.interval
+        assert (
+            low <= record.value <= high
+            and record.floor["low"] <= record.floor["value"] <= record.floor["high"]
+        )
+        assert record.extra["interval"]["resamples"] == 50 and record.floor["resamples"] == 10
+        assert 0.4 < record.extra["judge_test_accuracy"] <= 1.0
+    # The numbers, recomputed from the stored judge, the cached reference and the samples' own labels.
+    judge, _ = load_or_train_judge(Path(info["domain"]["judge"]))
+    pixels = np.concatenate(
+        [b.permute(0, 2, 3, 1).numpy() for b in iter_image_batches(str(made / "images"), 50)]
+    )
+    features, predicted = judge_outputs(judge, pixels[:30])
+    with safe_open(info["domain"]["reference_cache"], "np") as f:
+        key = ReferenceKey(**json.loads(f.metadata()["key"]))
+    reference, _ = load_reference_features(info["domain"]["reference_cache"], key)
+    assert fd.value == pytest.approx(
+        frechet_distance(FeatureStatistics.from_features(features), reference), rel=1e-6
+    )
+    with np.load(made / "samples.npz") as data:
+        assert agree.value == pytest.approx((predicted == data["arr_1"][:30]).mean())
+    text = Path(out["report"]).read_text()
+    assert "| FD-judge-30 |" in text and "(real data:" in text and "garment judge" in text
+    # A second eval reads the judge and both references from the cache, and gives the same numbers.
+    monkeypatch.setattr(domain_part, "judge_features", lambda *a, **k: pytest.fail("reference recomputed"))
+    again = run_eval(_config(tiny_run, f"out_dir={tmp_path / 'b'}", *overrides))
+    second = {r.metric: r for r in again["records"]}
+    assert second["domain_fd"].value == fd.value and second["domain_fd"].interval == fd.interval
+    assert (
+        "domain metric" in Path(again["report"]).read_text() and "cached" in Path(again["report"]).read_text()
+    )

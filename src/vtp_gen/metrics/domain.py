@@ -133,8 +133,15 @@ def train_judge(
     train, test = FashionMNIST(root, "train", max_samples=max_images), FashionMNIST(root, "test")
     images, labels = judge_inputs(train.images), torch.as_tensor(train.labels)
     judge = GarmentJudge()
-    optimizer = torch.optim.Adam(judge.parameters(), lr=2e-3)
     generator = torch.Generator().manual_seed(seed)
+    with torch.enable_grad():  # callers may hold no_grad (make eval evaluates under it)
+        _fit(judge, images, labels, epochs, generator)
+    accuracy = judge_accuracy(judge, judge_inputs(test.images), torch.as_tensor(test.labels))
+    return judge.eval(), accuracy
+
+
+def _fit(judge: GarmentJudge, images, labels, epochs: int, generator: torch.Generator) -> None:
+    optimizer = torch.optim.Adam(judge.parameters(), lr=2e-3)
     for _ in range(epochs):
         judge.train()
         for rows in torch.randperm(len(images), generator=generator).split(128):
@@ -148,8 +155,6 @@ def train_judge(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-    accuracy = judge_accuracy(judge, judge_inputs(test.images), torch.as_tensor(test.labels))
-    return judge.eval(), accuracy
 
 
 def load_or_train_judge(

@@ -15,7 +15,10 @@ Parts, each skipped with a note when the run lacks what it needs:
   the sampling library (``vtp_gen.pipeline.sample.run``), never a subprocess;
 * reconstruction (a tokenizer with a decoder): rFID-N, PSNR, SSIM, LPIPS;
 * linear probes (a tokenizer): (a) bottleneck latents, (b) DINOv2-style sweep;
-* zero-shot (a tokenizer with a text tower): top-1 / top-5.
+* zero-shot (a tokenizer with a text tower): top-1 / top-5;
+* optionally (``generation.domain.enabled``), the Fashion-MNIST domain metric: a Frechet
+  distance in a small classifier's features and label agreement, with 95 % intervals and
+  real-vs-real floors (:mod:`vtp_gen.pipeline.evaluate.domain`).
 
 Inception features of the reference images are computed once per machine and
 kept under ``$VTP_GEN_CACHE/fid_references``; when the reconstruction images
@@ -73,6 +76,7 @@ from vtp_gen.metrics.tokenizer import (
     uint8_nchw,
     zero_shot_classes,
 )
+from vtp_gen.pipeline.evaluate.domain import evaluate_domain_part
 from vtp_gen.pipeline.run_dir import run_root
 from vtp_gen.pipeline.sample import run as sample_run
 from vtp_gen.pipeline.sample.run import load_any_generator
@@ -448,6 +452,12 @@ def evaluate_generation_part(ctx: EvalContext) -> None:
                 "inception_score", value, protocol, std=std, unavailable=SHORT_IS_REASON if reason else ""
             )
         )
+    if gen.domain.enabled:
+        domain = evaluate_domain_part(ctx.cfg, ctx.folder, samples, protocol, ctx.cfg.run.seed)
+        ctx.records += domain.records
+        ctx.notes += domain.notes
+        ctx.seconds.update(domain.seconds)
+        ctx.info["domain"] = domain.info
     ctx.info.update(samples=str(samples), generator=str(generator) if generator else "", sampling=sampling)
     _sample_grid(ctx, samples)
 
