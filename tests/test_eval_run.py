@@ -244,7 +244,7 @@ def test_reference_features_are_cached_per_split_and_count(tmp_path, monkeypatch
         feature_network=(StandInFeatures(), STAND_IN),
     )
     first = eval_run.evaluation_reference(ctx, need_features=True)
-    cached = list((tmp_path / "cache" / "fid_references").glob("*.npz"))
+    cached = list((tmp_path / "cache" / "fid_references").glob("*.safetensors"))
     assert len(cached) == 1 and "Fashion-MNIST-test-32px-40-" in cached[0].name
     ctx2 = eval_run.EvalContext(
         cfg,
@@ -258,6 +258,33 @@ def test_reference_features_are_cached_per_split_and_count(tmp_path, monkeypatch
     second = eval_run.evaluation_reference(ctx2, need_features=True)
     np.testing.assert_allclose(first.features, second.features)
     assert first.features.shape == (40, 64)
+    # Another feature network (other weights, same name) gets its own file, never the cached one.
+    other = StandInFeatures()
+    other.projection.mul_(2)
+    ctx3 = eval_run.EvalContext(
+        cfg, tmp_path / "out", torch.device("cpu"), "Fashion-MNIST", None, feature_network=(other, STAND_IN)
+    )
+    monkeypatch.undo()
+    monkeypatch.setenv("VTP_GEN_CACHE", str(tmp_path / "cache"))
+    third = eval_run.evaluation_reference(ctx3, need_features=True)
+    np.testing.assert_allclose(third.features, 2 * first.features, rtol=1e-5)
+    assert len(list((tmp_path / "cache" / "fid_references").glob("*.safetensors"))) == 2
+    # A damaged cache file is refused with a message that says what to do.
+    from vtp_gen.metrics.reference_cache import CorruptReferenceError
+
+    data = bytearray(cached[0].read_bytes())
+    data[-3] ^= 0xFF
+    cached[0].write_bytes(bytes(data))
+    ctx4 = eval_run.EvalContext(
+        cfg,
+        tmp_path / "out",
+        torch.device("cpu"),
+        "Fashion-MNIST",
+        None,
+        feature_network=(StandInFeatures(), STAND_IN),
+    )
+    with pytest.raises(CorruptReferenceError, match="checksum mismatch.*delete it"):
+        eval_run.evaluation_reference(ctx4, need_features=True)
 
 
 def test_shipped_eval_recipes_validate():

@@ -11,13 +11,13 @@ from vtp_gen.metrics.domain import (
     GarmentJudge,
     agreement,
     agreement_hits,
-    judge_digest,
     judge_features,
     judge_outputs,
     load_or_train_judge,
     train_judge,
 )
 from vtp_gen.metrics.generation import FeatureStatistics, FrechetToReference, frechet_distance
+from vtp_gen.metrics.reference_cache import network_digest
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,7 @@ def test_stored_judge_is_reused_and_old_key_names_load(small_judge, tmp_path):
     old = {k.replace("trunk.", "features."): v for k, v in judge.state_dict().items()}
     save_file({**old, "test_accuracy": torch.tensor(accuracy)}, tmp_path / "judge.safetensors")
     loaded, stored = load_or_train_judge(tmp_path / "judge.safetensors")
-    assert stored == pytest.approx(accuracy) and judge_digest(loaded) == judge_digest(judge)
+    assert stored == pytest.approx(accuracy) and network_digest(loaded) == network_digest(judge)
 
 
 def test_domain_evaluation_puts_real_images_at_the_floor_and_noise_far_above(small_judge):

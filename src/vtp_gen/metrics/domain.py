@@ -17,7 +17,6 @@ The same classifier ("the garment judge") serves two measures:
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -70,15 +69,6 @@ class GarmentJudge(nn.Module):
             for k, v in state_dict.items()
         }
         return super().load_state_dict(renamed, strict=strict, assign=assign)
-
-
-def judge_digest(judge: GarmentJudge) -> str:
-    """sha256 of the judge's weights: which judge a cached reference belongs to."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(judge.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def judge_inputs(pixels: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -89,6 +89,15 @@ class CachedReference:
     seconds: float  # time to compute (or to read, on a hit)
 
 
+def network_digest(network) -> str:
+    """sha256 of a torch module's parameters and buffers: which weights made the features."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(network.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def arrays_checksum(arrays: dict[str, np.ndarray]) -> str:
     digest = hashlib.sha256()
     for name in sorted(arrays):

@@ -22,10 +22,10 @@ from omegaconf import DictConfig
 from vtp_gen.data.build import build_dataset
 from vtp_gen.data.transforms import CenterCropNormalize
 from vtp_gen.latents.manifest import dataset_fingerprint
-from vtp_gen.metrics.domain import JUDGE_FEATURES, judge_digest, judge_features, load_or_train_judge
+from vtp_gen.metrics.domain import JUDGE_FEATURES, judge_features, load_or_train_judge
 from vtp_gen.metrics.domain_eval import DomainReference, evaluate_domain, reference_hits
 from vtp_gen.metrics.images import iter_image_batches
-from vtp_gen.metrics.reference_cache import ReferenceKey, cached_reference
+from vtp_gen.metrics.reference_cache import ReferenceKey, cached_reference, network_digest
 from vtp_gen.metrics.report import MetricRecord, Protocol
 from vtp_gen.metrics.tokenizer import evaluation_subset, uint8_nchw
 from vtp_gen.pretrained.cache import cache_dir
@@ -78,7 +78,7 @@ def reference_features(cfg: DictConfig, judge, split: str, limit: int) -> tuple:
         image_size=cfg.data.image_size,
         preprocessing=preprocessing(cfg.data.image_size),
         extractor=JUDGE_FEATURES,
-        network=judge_digest(judge),
+        network=network_digest(judge),
         data=dataset_fingerprint(dataset),
     )
     folder = cache_dir() / "domain_references" if cfg.cache_reference else None

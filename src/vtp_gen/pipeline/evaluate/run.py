@@ -21,7 +21,8 @@ Parts, each skipped with a note when the run lacks what it needs:
   real-vs-real floors (:mod:`vtp_gen.pipeline.evaluate.domain`).
 
 Inception features of the reference images are computed once per machine and
-kept under ``$VTP_GEN_CACHE/fid_references``; when the reconstruction images
+kept under ``$VTP_GEN_CACHE/fid_references`` (:mod:`vtp_gen.metrics.reference_cache`: keyed on the
+data, N, size, crop and the network's weights, checked against a sha256 on load); when the reconstruction images
 are (a prefix of) the reference images, their features are reused for rFID.
 """
 
@@ -44,7 +45,13 @@ from vtp_gen.data.images import save_grid
 from vtp_gen.data.transforms import CenterCropNormalize, normalize, pil_to_tensor
 from vtp_gen.interop.vtp import load_tokenizer
 from vtp_gen.latents.manifest import dataset_fingerprint, tokenizer_identity
-from vtp_gen.metrics.generation import INCEPTION_EXTRACTOR, evaluate_generation, prepare_reference
+from vtp_gen.metrics.features import extract_features
+from vtp_gen.metrics.generation import (
+    INCEPTION_EXTRACTOR,
+    ReferenceSet,
+    evaluate_generation,
+    prepare_reference,
+)
 from vtp_gen.metrics.images import count_images, iter_image_batches
 from vtp_gen.metrics.linear_probe import (
     bottleneck_features,
@@ -54,6 +61,7 @@ from vtp_gen.metrics.linear_probe import (
     intermediate_features,
     train_linear_probes,
 )
+from vtp_gen.metrics.reference_cache import ReferenceKey, cached_reference, network_digest
 from vtp_gen.metrics.report import (
     RECONSTRUCTION_REFERENCE,
     MetricRecord,
@@ -238,32 +246,32 @@ def evaluation_reference(ctx: EvalContext, need_features: bool):
         )
     if ctx.reference is not None:
         return ctx.reference
-    ctx.inception()  # sets ctx.extractor, part of the cache key
+    network = ctx.inception()  # also sets ctx.extractor, part of the cache key
     size = ctx.cfg.data.image_size
     dataset = build_dataset(ctx.cfg.data, transform=CenterCropNormalize(size), split=ctx.cfg.data.split)
     indices = evaluation_subset(len(dataset), gen.num_reference)
-    key = json.dumps(
-        [dataset_fingerprint(dataset), size, len(indices), SUBSET_SEED, ctx.extractor], sort_keys=True
+    key = ReferenceKey(
+        dataset=ctx.dataset_name,
+        split=ctx.cfg.data.split,
+        num_images=len(indices),
+        image_size=size,
+        preprocessing=f"ADM centre crop to {size} px, uint8 RGB; random subset, seed {SUBSET_SEED}",
+        extractor=ctx.extractor,
+        network=network_digest(network),
+        data=dataset_fingerprint(dataset),
     )
-    slug = f"{ctx.dataset_name}-{ctx.cfg.data.split}-{size}px-{len(indices)}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
-    cache = cache_dir() / "fid_references" / f"{slug}.npz" if ctx.cfg.cache_reference else None
-    if cache is not None and cache.is_file():
-        log.info(f"reference features: cached {cache}")
+    folder = cache_dir() / "fid_references" if ctx.cfg.cache_reference else None
 
-    def reference_images():
+    def reference_features():
         loader = labelled_loader(ctx, ctx.cfg.data.split, CenterCropNormalize(size), gen.num_reference)
-        for batch in loader:
-            yield uint8_nchw(batch["image"])
+        images = (uint8_nchw(batch["image"]) for batch in loader)
+        return extract_features(images, network, ctx.cfg.data.batch_size, None, ctx.progress, "reference")
 
-    reference = prepare_reference(
-        reference_images(),
-        ctx.inception(),
-        ctx.extractor,
-        cache,
-        need_features=True,
-        batch_size=ctx.cfg.data.batch_size,
-        progress=ctx.progress,
+    cached = cached_reference(folder, key, reference_features)
+    log.info(
+        f"reference features: {'cached' if cached.hit else 'computed'} ({cached.seconds:.0f} s) {cached.path}"
     )
+    reference = ReferenceSet(cached.statistics, cached.features, ctx.extractor)
     reference.source = f"{ctx.dataset_name} {ctx.cfg.data.split}"
     ctx.reference, ctx.reference_indices = reference, indices
     return reference
