@@ -406,6 +406,7 @@ def test_domain_metric_with_intervals_floors_and_cached_references(
         "generation.domain.floor_pool=200",
         "generation.domain.floor_repeats=10",
         "generation.domain.bootstrap_resamples=50",
+        "generation.fid_bootstrap=20",
     ]
     out = run_eval(_config(tiny_run, f"out_dir={tmp_path / 'a'}", *overrides))
     info, records = read_metrics_json(out["metrics"])
@@ -414,6 +415,8 @@ def test_domain_metric_with_intervals_floors_and_cached_references(
     assert fd.label == "FD-judge-30" and fd.protocol.features == JUDGE_FEATURES
     assert fd.protocol.num_reference == 500 and fd.protocol.reference == "Fashion-MNIST test"
     assert fd.protocol.method == by_metric["gfid"].protocol.method  # same samples, same sampler
+    gfid = by_metric["gfid"]  # the FID's own interval (generation.fid_bootstrap)
+    assert gfid.interval[0] <= gfid.value <= gfid.interval[1] and gfid.extra["interval"]["resamples"] == 20
     for record in (fd, agree):
         low, high = record.interval
         assert (

@@ -423,6 +423,7 @@ def evaluate_generation(
     kid_subsets: int = 100,
     kid_subset_size: int = 1000,
     is_split_size: int = 5000,
+    keep_features: bool = False,
 ) -> dict:
     """Compute the requested generation metrics for ``samples`` against ``reference``.
 
@@ -431,6 +432,8 @@ def evaluate_generation(
     :class:`~vtp_gen.pretrained.inception.MissingClassifierError`, or with
     ``skip_unavailable=True`` records the reason under ``"unavailable"`` and
     reports no number. ``kid_subset_size`` is capped at the set sizes.
+    ``keep_features``: also return the samples' features (``sample_features``) and the
+    reference's statistics (``reference_statistics``), e.g. for a bootstrap interval.
     """
 
     unknown = sorted(set(metrics) - set(GENERATION_METRICS))
@@ -462,6 +465,8 @@ def evaluate_generation(
         reference, network, extractor, reference_cache, need_ref_features, batch_size, device, progress
     )
     result["num_reference"] = ref.statistics.num_samples
+    if keep_features:
+        result["sample_features"], result["reference_statistics"] = sample_features, ref.statistics
 
     if "fid" in metrics:
         result["fid"] = frechet_distance(FeatureStatistics.from_features(sample_features), ref.statistics)

@@ -87,6 +87,9 @@ class GenerationEvalConfig:
     kid_subsets: int = 100
     prc_k: int = 3
     grid_images: int = 64
+    # Bootstrap resamples for a 95 % interval on the FID (0 = none). Each one costs an eigen-
+    # decomposition of a 2048x2048 matrix (seconds on a CPU): keep it to ~20-50 there.
+    fid_bootstrap: int = 0
     domain: DomainEvalConfig = field(default_factory=DomainEvalConfig)
 
 

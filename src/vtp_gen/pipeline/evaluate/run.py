@@ -45,9 +45,11 @@ from vtp_gen.data.images import save_grid
 from vtp_gen.data.transforms import CenterCropNormalize, normalize, pil_to_tensor
 from vtp_gen.interop.vtp import load_tokenizer
 from vtp_gen.latents.manifest import dataset_fingerprint, tokenizer_identity
+from vtp_gen.metrics.domain_eval import frechet_interval
 from vtp_gen.metrics.features import extract_features
 from vtp_gen.metrics.generation import (
     INCEPTION_EXTRACTOR,
+    FrechetToReference,
     ReferenceSet,
     evaluate_generation,
     prepare_reference,
@@ -408,6 +410,7 @@ def evaluate_generation_part(ctx: EvalContext) -> None:
         prc_k=gen.prc_k,
         kid_subsets=gen.kid_subsets,
         kid_subset_size=gen.kid_subset_size,
+        keep_features=gen.fid_bootstrap > 0,
     )
     ctx.seconds["generation_metrics"] = time.time() - started
     if sampling:
@@ -437,7 +440,7 @@ def evaluate_generation_part(ctx: EvalContext) -> None:
         features=ctx.extractor,
     )
     if "fid" in metrics:
-        ctx.records.append(MetricRecord("gfid", result["fid"], protocol))
+        ctx.records.append(fid_record(result, protocol, gen.fid_bootstrap, ctx.cfg.run.seed))
     if "kid" in metrics:
         ctx.records.append(
             MetricRecord(
@@ -468,6 +471,26 @@ def evaluate_generation_part(ctx: EvalContext) -> None:
         ctx.info["domain"] = domain.info
     ctx.info.update(samples=str(samples), generator=str(generator) if generator else "", sampling=sampling)
     _sample_grid(ctx, samples)
+
+
+def fid_record(result: dict, protocol: Protocol, resamples: int, seed: int) -> MetricRecord:
+    """FID-N, with a centred bootstrap interval over the samples when ``resamples`` > 0.
+
+    The resamples use the symmetric trace route against the fixed reference
+    (:class:`~vtp_gen.metrics.generation.FrechetToReference`): no sqrtm per resample.
+    """
+    if resamples <= 0:
+        return MetricRecord("gfid", result["fid"], protocol)
+    distance = FrechetToReference(result["reference_statistics"])
+    interval = frechet_interval(result["sample_features"], distance, resamples, seed)
+    shift = result["fid"] - interval.value  # the sqrtm route's value; the two agree to rounding
+    return MetricRecord(
+        "gfid",
+        result["fid"],
+        protocol,
+        interval=(max(interval.low + shift, 0.0), interval.high + shift),
+        extra={"interval": interval.to_dict()},
+    )
 
 
 def _image_side(samples: Path) -> int:
