@@ -244,7 +244,7 @@ def test_reference_features_are_cached_per_split_and_count(tmp_path, monkeypatch
         feature_network=(StandInFeatures(), STAND_IN),
     )
     first = eval_run.evaluation_reference(ctx, need_features=True)
-    cached = list((tmp_path / "cache" / "fid_references").glob("*.npz"))
+    cached = list((tmp_path / "cache" / "fid_references").glob("*.safetensors"))
     assert len(cached) == 1 and "Fashion-MNIST-test-32px-40-" in cached[0].name
     ctx2 = eval_run.EvalContext(
         cfg,
@@ -258,6 +258,33 @@ def test_reference_features_are_cached_per_split_and_count(tmp_path, monkeypatch
     second = eval_run.evaluation_reference(ctx2, need_features=True)
     np.testing.assert_allclose(first.features, second.features)
     assert first.features.shape == (40, 64)
+    # Another feature network (other weights, same name) gets its own file, never the cached one.
+    other = StandInFeatures()
+    other.projection.mul_(2)
+    ctx3 = eval_run.EvalContext(
+        cfg, tmp_path / "out", torch.device("cpu"), "Fashion-MNIST", None, feature_network=(other, STAND_IN)
+    )
+    monkeypatch.undo()
+    monkeypatch.setenv("VTP_GEN_CACHE", str(tmp_path / "cache"))
+    third = eval_run.evaluation_reference(ctx3, need_features=True)
+    np.testing.assert_allclose(third.features, 2 * first.features, rtol=1e-5)
+    assert len(list((tmp_path / "cache" / "fid_references").glob("*.safetensors"))) == 2
+    # A damaged cache file is refused with a message that says what to do.
+    from vtp_gen.metrics.reference_cache import CorruptReferenceError
+
+    data = bytearray(cached[0].read_bytes())
+    data[-3] ^= 0xFF
+    cached[0].write_bytes(bytes(data))
+    ctx4 = eval_run.EvalContext(
+        cfg,
+        tmp_path / "out",
+        torch.device("cpu"),
+        "Fashion-MNIST",
+        None,
+        feature_network=(StandInFeatures(), STAND_IN),
+    )
+    with pytest.raises(CorruptReferenceError, match="checksum mismatch.*delete it"):
+        eval_run.evaluation_reference(ctx4, need_features=True)
 
 
 def test_shipped_eval_recipes_validate():
@@ -347,3 +374,78 @@ def test_adm_reference_batch(evaluated, tiny_run, tmp_path, monkeypatch):
     assert len(list((tmp_path / "cache" / "fid_references").glob("VIRTUAL_fmnist32-*.npz"))) == 1
     with pytest.raises(ValueError, match="feature extractor"):  # the stand-in under its own name is refused
         run_eval(_config(tiny_run, f"generation.reference={npz}", "cache_reference=false", *off))
+
+
+def test_domain_metric_with_intervals_floors_and_cached_references(
+    evaluated, tiny_run, tmp_path, monkeypatch
+):
+    """generation.domain: FD in the garment judge's features + label agreement, each with its interval
+    and real-vs-real floor, written through metrics.json / report.md; references cached and reused."""
+    from safetensors import safe_open
+
+    from vtp_gen.metrics.domain import JUDGE_FEATURES, judge_outputs, load_or_train_judge
+    from vtp_gen.metrics.generation import FeatureStatistics, frechet_distance
+    from vtp_gen.metrics.images import iter_image_batches
+    from vtp_gen.metrics.reference_cache import ReferenceKey, load_reference_features
+    from vtp_gen.pipeline.evaluate import domain as domain_part
+
+    monkeypatch.setenv("VTP_GEN_CACHE", str(tmp_path / "cache"))
+    cfg, result = evaluated
+    made = next((Path(result["report"]).parent / "samples").glob("*/samples.json")).parent
+    overrides = [
+        f"generation.samples={made}",
+        "generation.metrics=[fid]",
+        "cache_reference=true",
+        "reconstruction.enabled=false",
+        "linear_probe.enabled=false",
+        "zero_shot.enabled=false",
+        "generation.domain.enabled=true",
+        "generation.domain.judge_epochs=1",
+        "generation.domain.judge_train_images=2000",
+        "generation.domain.num_reference=500",
+        "generation.domain.floor_pool=200",
+        "generation.domain.floor_repeats=10",
+        "generation.domain.bootstrap_resamples=50",
+        "generation.fid_bootstrap=20",
+    ]
+    out = run_eval(_config(tiny_run, f"out_dir={tmp_path / 'a'}", *overrides))
+    info, records = read_metrics_json(out["metrics"])
+    by_metric = {r.metric: r for r in records}
+    fd, agree = by_metric["domain_fd"], by_metric["label_agreement"]
+    assert fd.label == "FD-judge-30" and fd.protocol.features == JUDGE_FEATURES
+    assert fd.protocol.num_reference == 500 and fd.protocol.reference == "Fashion-MNIST test"
+    assert fd.protocol.method == by_metric["gfid"].protocol.method  # same samples, same sampler
+    gfid = by_metric["gfid"]  # the FID's own interval (generation.fid_bootstrap)
+    assert gfid.interval[0] <= gfid.value <= gfid.interval[1] and gfid.extra["interval"]["resamples"] == 20
+    for record in (fd, agree):
+        low, high = record.interval
+        assert (
+            low <= record.value <= high
+            and record.floor["low"] <= record.floor["value"] <= record.floor["high"]
+        )
+        assert record.extra["interval"]["resamples"] == 50 and record.floor["resamples"] == 10
+        assert 0.4 < record.extra["judge_test_accuracy"] <= 1.0
+    # The numbers, recomputed from the stored judge, the cached reference and the samples' own labels.
+    judge, _ = load_or_train_judge(Path(info["domain"]["judge"]))
+    pixels = np.concatenate(
+        [b.permute(0, 2, 3, 1).numpy() for b in iter_image_batches(str(made / "images"), 50)]
+    )
+    features, predicted = judge_outputs(judge, pixels[:30])
+    with safe_open(info["domain"]["reference_cache"], "np") as f:
+        key = ReferenceKey(**json.loads(f.metadata()["key"]))
+    reference, _ = load_reference_features(info["domain"]["reference_cache"], key)
+    assert fd.value == pytest.approx(
+        frechet_distance(FeatureStatistics.from_features(features), reference), rel=1e-6
+    )
+    with np.load(made / "samples.npz") as data:
+        assert agree.value == pytest.approx((predicted == data["arr_1"][:30]).mean())
+    text = Path(out["report"]).read_text()
+    assert "| FD-judge-30 |" in text and "(real data:" in text and "garment judge" in text
+    # A second eval reads the judge and both references from the cache, and gives the same numbers.
+    monkeypatch.setattr(domain_part, "judge_features", lambda *a, **k: pytest.fail("reference recomputed"))
+    again = run_eval(_config(tiny_run, f"out_dir={tmp_path / 'b'}", *overrides))
+    second = {r.metric: r for r in again["records"]}
+    assert second["domain_fd"].value == fd.value and second["domain_fd"].interval == fd.interval
+    assert (
+        "domain metric" in Path(again["report"]).read_text() and "cached" in Path(again["report"]).read_text()
+    )

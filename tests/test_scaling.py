@@ -149,6 +149,11 @@ def _write_eval(folder: Path, gfid: float, probe: float, with_zero_shot: bool) -
     ]
     if with_zero_shot:
         records.append(MetricRecord("zero_shot_top1", 0.7, Protocol("Fashion-MNIST test", 32, 2000)))
+    judged = Protocol("Fashion-MNIST", 32, 400, "Fashion-MNIST test", 10000, features="fashion-mnist-judge")
+    floor = {"value": 2.0, "low": 1.0, "high": 3.3}
+    records.append(MetricRecord("domain_fd", 5.0, judged, interval=(4.0, 6.5), floor=floor))
+    agreement_floor = {"value": 0.85, "low": 0.82, "high": 0.89}
+    records.append(MetricRecord("label_agreement", 0.7, judged, interval=(0.65, 0.75), floor=agreement_floor))
     write_metrics_json(folder / "eval" / "metrics.json", records, {"run": folder.name})
 
 
@@ -183,6 +188,11 @@ def test_rows_hold_flops_metrics_and_labels_and_round_trip_through_the_csv(tmp_p
     assert ae["gfid_label"] == "FID-400" and ae["rfid_label"] == "rFID-200"
     assert "zero_shot_top1" not in ae and vtp["zero_shot_top1"] == pytest.approx(70.0)
     assert "inception_score" not in eval_values(tmp_path / "vtp-200" / "eval" / "metrics.json")
+    # The domain metric travels with its interval and real-vs-real floor (percent for agreement).
+    assert ae["domain_fd"] == pytest.approx(5.0) and ae["domain_fd_label"] == "FD-judge-400"
+    assert (ae["domain_fd_low"], ae["domain_fd_high"]) == pytest.approx((4.0, 6.5))
+    assert (ae["domain_fd_floor"], ae["domain_fd_floor_high"]) == pytest.approx((2.0, 3.3))
+    assert ae["label_agreement"] == pytest.approx(70.0) and ae["label_agreement_floor"] == pytest.approx(85.0)
     path = write_csv(rows, tmp_path / "scaling.csv")
     assert path.read_text().splitlines()[0].split(",") == COLUMNS
     back = read_csv(path)

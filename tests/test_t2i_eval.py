@@ -6,8 +6,9 @@ import torch
 
 from vtp_gen import create_model
 from vtp_gen.data.fashion_mnist import FashionMNIST
+from vtp_gen.metrics.domain import agreement, judge_inputs, load_or_train_judge
 from vtp_gen.pipeline.t2i.config import HELD_OUT_PROMPTS
-from vtp_gen.t2i.evaluate import agreement, clip_score, judge_inputs, load_or_train_judge
+from vtp_gen.t2i.evaluate import clip_score
 
 
 def test_judge_learns_is_stored_and_agreement_on_real_images_is_its_accuracy(tmp_path):

@@ -68,15 +68,46 @@ class FeatureStatistics:
             raise ValueError(f"sigma {self.sigma.shape} does not match mu {self.mu.shape}")
 
 
+def symmetric_root(sigma: np.ndarray) -> np.ndarray:
+    """The symmetric positive semi-definite square root of a covariance (eigenvalues clipped at 0)."""
+    eigvals, eigvecs = np.linalg.eigh(sigma)
+    return (eigvecs * np.sqrt(np.clip(eigvals, 0, None))) @ eigvecs.T
+
+
+def _trace_sqrt_with_root(root1: np.ndarray, sigma2: np.ndarray) -> float:
+    inner = np.linalg.eigvalsh(root1 @ sigma2 @ root1)
+    return float(np.sqrt(np.clip(inner, 0, None)).sum())
+
+
 def _trace_sqrt_product_symmetric(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
     """tr sqrt(S1 S2) via the symmetric form sqrt(S1) S2 sqrt(S1), whose eigenvalues are real.
 
     An independent route to the same number, used to check scipy's sqrtm.
     """
-    eigvals, eigvecs = np.linalg.eigh(sigma1)
-    root1 = (eigvecs * np.sqrt(np.clip(eigvals, 0, None))) @ eigvecs.T
-    inner = np.linalg.eigvalsh(root1 @ sigma2 @ root1)
-    return float(np.sqrt(np.clip(inner, 0, None)).sum())
+    return _trace_sqrt_with_root(symmetric_root(sigma1), sigma2)
+
+
+class FrechetToReference:
+    """Frechet distances of many feature sets to one fixed reference (bootstrap resamples, floors).
+
+    The reference's matrix root is computed once and the trace term comes from the
+    symmetric form ``sqrt(S_ref) S sqrt(S_ref)``, whose eigenvalues are real: no sqrtm per
+    call, no imaginary parts to reject when a resample has fewer vectors than dimensions.
+    Equal to :func:`frechet_distance` where both are defined (tests check it).
+    """
+
+    def __init__(self, reference: FeatureStatistics):
+        self.reference = reference
+        self._root = symmetric_root(reference.sigma)
+        self._trace = float(np.trace(reference.sigma))
+
+    def __call__(self, features: np.ndarray) -> float:
+        stats = FeatureStatistics.from_features(features)
+        if stats.mu.shape != self.reference.mu.shape:
+            raise ValueError(f"feature dimensions differ: {stats.mu.shape} vs {self.reference.mu.shape}")
+        diff = stats.mu - self.reference.mu
+        trace_sqrt = _trace_sqrt_with_root(self._root, stats.sigma)
+        return float(diff @ diff + np.trace(stats.sigma) + self._trace - 2.0 * trace_sqrt)
 
 
 def frechet_distance_details(
@@ -392,6 +423,7 @@ def evaluate_generation(
     kid_subsets: int = 100,
     kid_subset_size: int = 1000,
     is_split_size: int = 5000,
+    keep_features: bool = False,
 ) -> dict:
     """Compute the requested generation metrics for ``samples`` against ``reference``.
 
@@ -400,6 +432,8 @@ def evaluate_generation(
     :class:`~vtp_gen.pretrained.inception.MissingClassifierError`, or with
     ``skip_unavailable=True`` records the reason under ``"unavailable"`` and
     reports no number. ``kid_subset_size`` is capped at the set sizes.
+    ``keep_features``: also return the samples' features (``sample_features``) and the
+    reference's statistics (``reference_statistics``), e.g. for a bootstrap interval.
     """
 
     unknown = sorted(set(metrics) - set(GENERATION_METRICS))
@@ -431,6 +465,8 @@ def evaluate_generation(
         reference, network, extractor, reference_cache, need_ref_features, batch_size, device, progress
     )
     result["num_reference"] = ref.statistics.num_samples
+    if keep_features:
+        result["sample_features"], result["reference_statistics"] = sample_features, ref.statistics
 
     if "fid" in metrics:
         result["fid"] = frechet_distance(FeatureStatistics.from_features(sample_features), ref.statistics)

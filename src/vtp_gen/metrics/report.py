@@ -55,6 +55,10 @@ METRICS: dict[str, MetricInfo] = {
     "linear_probe_bottleneck": MetricInfo("linear probe, bottleneck top-1 (%)", True, percent=True, digits=1),
     "zero_shot_top1": MetricInfo("zero-shot top-1 (%)", True, percent=True, digits=1),
     "zero_shot_top5": MetricInfo("zero-shot top-5 (%)", True, percent=True, digits=1),
+    # Fashion-MNIST's own ruler (vtp_gen.metrics.domain): Frechet distance in the garment judge's features,
+    # and the share of samples the judge puts in their conditioning class.
+    "domain_fd": MetricInfo("FD-judge", False, count_style="dash"),
+    "label_agreement": MetricInfo("label agreement (%)", True, percent=True, digits=1),
 }
 
 
@@ -180,6 +184,10 @@ class MetricRecord:
     std: float | None = None
     unavailable: str = ""
     extra: dict = field(default_factory=dict)
+    # (low, high) at 95 % (vtp_gen.metrics.intervals); how it was made sits in extra["interval"].
+    interval: tuple[float, float] | None = None
+    # What real images get under the same protocol: {"value", "low", "high", "method", ...}.
+    floor: dict | None = None
 
     def __post_init__(self):
         if self.metric not in METRICS:
@@ -203,7 +211,11 @@ class MetricRecord:
         return (self.metric, *dataclasses.astuple(self.protocol))
 
     def formatted(self) -> str:
-        return format_value(self.metric, self.value, self.std)
+        text = format_value(self.metric, self.value, None if self.interval else self.std, self.interval)
+        if self.floor is not None and self.value is not None:
+            low_high = (self.floor["low"], self.floor["high"])
+            text += f" (real data: {format_value(self.metric, self.floor['value'], interval=low_high)})"
+        return text
 
     def to_dict(self) -> dict:
         out = {
@@ -218,6 +230,10 @@ class MetricRecord:
             out["unavailable"] = self.unavailable
         if self.extra:
             out["extra"] = self.extra
+        if self.interval is not None:
+            out["interval"] = list(self.interval)
+        if self.floor is not None:
+            out["floor"] = self.floor
         return out
 
     @classmethod
@@ -229,10 +245,18 @@ class MetricRecord:
             std=values.get("std"),
             unavailable=values.get("unavailable", ""),
             extra=values.get("extra", {}),
+            interval=tuple(values["interval"]) if values.get("interval") else None,
+            floor=values.get("floor"),
         )
 
 
-def format_value(metric: str, value: float | None, std: float | None = None) -> str:
+def format_value(
+    metric: str,
+    value: float | None,
+    std: float | None = None,
+    interval: tuple[float, float] | None = None,
+) -> str:
+    """'41.20', '41.20 ± 0.31' (a std) or '41.20 [39.85, 42.71]' (a 95 % interval)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     info = METRICS[metric]
@@ -240,6 +264,9 @@ def format_value(metric: str, value: float | None, std: float | None = None) -> 
     text = f"{value * scale:.{info.digits}f}"
     if std is not None:
         text += f" ± {std * scale:.{info.digits}f}"
+    if interval is not None:
+        low, high = interval
+        text += f" [{low * scale:.{info.digits}f}, {high * scale:.{info.digits}f}]"
     return text
 
 
@@ -332,6 +359,12 @@ def write_report(
         "Each number is labelled with its sample count (FID-N, rFID-N, ...); numbers with different "
         "protocols are not comparable. `make tables` puts them beside the paper's."
     )
+    if any(r.interval is not None for r in records):
+        lines += [
+            "",
+            "[low, high]: 95 % interval (bootstrap over the samples; see docs/eval.md). "
+            "(real data: ...): the same metric on as many real images, the floor this N allows.",
+        ]
     if notes:
         lines += ["", *[f"- {note}" for note in notes]]
     for image in images:

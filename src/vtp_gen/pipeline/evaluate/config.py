@@ -36,6 +36,31 @@ class EvalSamplingConfig:
 
 
 @dataclass
+class DomainEvalConfig:
+    """Fashion-MNIST's own generation metric (vtp_gen.metrics.domain, docs/eval.md "Domain metric").
+
+    A Frechet distance in the features of a small classifier (the garment judge) trained on the
+    train split, against the whole test split, and the judge's agreement with the samples'
+    conditioning labels; each with a bootstrap interval and the real-vs-real floor at the same N.
+    Off by default: the first use trains the judge (~4 min on 2 busy cores), later ones cost seconds.
+    """
+
+    enabled: bool = False
+    # The judge's weights: "" = $VTP_GEN_CACHE/domain/judge-<epochs>ep-<images>.safetensors, trained
+    # there when missing (with cache_reference=false: in the eval folder).
+    judge: str = ""
+    judge_epochs: int = 2
+    judge_train_images: int = 0  # 0 = the whole train split (tests use fewer)
+    # Reference: the first/random N of the `data` split at data.image_size (0 = all of it, 10k).
+    num_reference: int = 0
+    # The floor draws N real images `floor_repeats` times from this many train images.
+    floor_pool: int = 10_000
+    floor_repeats: int = 50
+    # Bootstrap resamples of the samples (each recomputes the 64-d statistics: ~5 ms).
+    bootstrap_resamples: int = 500
+
+
+@dataclass
 class GenerationEvalConfig:
     enabled: bool = True
     # Images to score: a PNG folder or an ADM .npz (arr_0). "" = sample them here with `generator`
@@ -62,6 +87,10 @@ class GenerationEvalConfig:
     kid_subsets: int = 100
     prc_k: int = 3
     grid_images: int = 64
+    # Bootstrap resamples for a 95 % interval on the FID (0 = none). Each one costs an eigen-
+    # decomposition of a 2048x2048 matrix (seconds on a CPU): keep it to ~20-50 there.
+    fid_bootstrap: int = 0
+    domain: DomainEvalConfig = field(default_factory=DomainEvalConfig)
 
 
 @dataclass

@@ -15,10 +15,14 @@ Parts, each skipped with a note when the run lacks what it needs:
   the sampling library (``vtp_gen.pipeline.sample.run``), never a subprocess;
 * reconstruction (a tokenizer with a decoder): rFID-N, PSNR, SSIM, LPIPS;
 * linear probes (a tokenizer): (a) bottleneck latents, (b) DINOv2-style sweep;
-* zero-shot (a tokenizer with a text tower): top-1 / top-5.
+* zero-shot (a tokenizer with a text tower): top-1 / top-5;
+* optionally (``generation.domain.enabled``), the Fashion-MNIST domain metric: a Frechet
+  distance in a small classifier's features and label agreement, with 95 % intervals and
+  real-vs-real floors (:mod:`vtp_gen.pipeline.evaluate.domain`).
 
 Inception features of the reference images are computed once per machine and
-kept under ``$VTP_GEN_CACHE/fid_references``; when the reconstruction images
+kept under ``$VTP_GEN_CACHE/fid_references`` (:mod:`vtp_gen.metrics.reference_cache`: keyed on the
+data, N, size, crop and the network's weights, checked against a sha256 on load); when the reconstruction images
 are (a prefix of) the reference images, their features are reused for rFID.
 """
 
@@ -41,7 +45,15 @@ from vtp_gen.data.images import save_grid
 from vtp_gen.data.transforms import CenterCropNormalize, normalize, pil_to_tensor
 from vtp_gen.interop.vtp import load_tokenizer
 from vtp_gen.latents.manifest import dataset_fingerprint, tokenizer_identity
-from vtp_gen.metrics.generation import INCEPTION_EXTRACTOR, evaluate_generation, prepare_reference
+from vtp_gen.metrics.domain_eval import frechet_interval
+from vtp_gen.metrics.features import extract_features
+from vtp_gen.metrics.generation import (
+    INCEPTION_EXTRACTOR,
+    FrechetToReference,
+    ReferenceSet,
+    evaluate_generation,
+    prepare_reference,
+)
 from vtp_gen.metrics.images import count_images, iter_image_batches
 from vtp_gen.metrics.linear_probe import (
     bottleneck_features,
@@ -51,6 +63,7 @@ from vtp_gen.metrics.linear_probe import (
     intermediate_features,
     train_linear_probes,
 )
+from vtp_gen.metrics.reference_cache import ReferenceKey, cached_reference, network_digest
 from vtp_gen.metrics.report import (
     RECONSTRUCTION_REFERENCE,
     MetricRecord,
@@ -73,6 +86,7 @@ from vtp_gen.metrics.tokenizer import (
     uint8_nchw,
     zero_shot_classes,
 )
+from vtp_gen.pipeline.evaluate.domain import evaluate_domain_part
 from vtp_gen.pipeline.run_dir import run_root
 from vtp_gen.pipeline.sample import run as sample_run
 from vtp_gen.pipeline.sample.run import load_any_generator
@@ -234,32 +248,32 @@ def evaluation_reference(ctx: EvalContext, need_features: bool):
         )
     if ctx.reference is not None:
         return ctx.reference
-    ctx.inception()  # sets ctx.extractor, part of the cache key
+    network = ctx.inception()  # also sets ctx.extractor, part of the cache key
     size = ctx.cfg.data.image_size
     dataset = build_dataset(ctx.cfg.data, transform=CenterCropNormalize(size), split=ctx.cfg.data.split)
     indices = evaluation_subset(len(dataset), gen.num_reference)
-    key = json.dumps(
-        [dataset_fingerprint(dataset), size, len(indices), SUBSET_SEED, ctx.extractor], sort_keys=True
+    key = ReferenceKey(
+        dataset=ctx.dataset_name,
+        split=ctx.cfg.data.split,
+        num_images=len(indices),
+        image_size=size,
+        preprocessing=f"ADM centre crop to {size} px, uint8 RGB; random subset, seed {SUBSET_SEED}",
+        extractor=ctx.extractor,
+        network=network_digest(network),
+        data=dataset_fingerprint(dataset),
     )
-    slug = f"{ctx.dataset_name}-{ctx.cfg.data.split}-{size}px-{len(indices)}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
-    cache = cache_dir() / "fid_references" / f"{slug}.npz" if ctx.cfg.cache_reference else None
-    if cache is not None and cache.is_file():
-        log.info(f"reference features: cached {cache}")
+    folder = cache_dir() / "fid_references" if ctx.cfg.cache_reference else None
 
-    def reference_images():
+    def reference_features():
         loader = labelled_loader(ctx, ctx.cfg.data.split, CenterCropNormalize(size), gen.num_reference)
-        for batch in loader:
-            yield uint8_nchw(batch["image"])
+        images = (uint8_nchw(batch["image"]) for batch in loader)
+        return extract_features(images, network, ctx.cfg.data.batch_size, None, ctx.progress, "reference")
 
-    reference = prepare_reference(
-        reference_images(),
-        ctx.inception(),
-        ctx.extractor,
-        cache,
-        need_features=True,
-        batch_size=ctx.cfg.data.batch_size,
-        progress=ctx.progress,
+    cached = cached_reference(folder, key, reference_features)
+    log.info(
+        f"reference features: {'cached' if cached.hit else 'computed'} ({cached.seconds:.0f} s) {cached.path}"
     )
+    reference = ReferenceSet(cached.statistics, cached.features, ctx.extractor)
     reference.source = f"{ctx.dataset_name} {ctx.cfg.data.split}"
     ctx.reference, ctx.reference_indices = reference, indices
     return reference
@@ -396,6 +410,7 @@ def evaluate_generation_part(ctx: EvalContext) -> None:
         prc_k=gen.prc_k,
         kid_subsets=gen.kid_subsets,
         kid_subset_size=gen.kid_subset_size,
+        keep_features=gen.fid_bootstrap > 0,
     )
     ctx.seconds["generation_metrics"] = time.time() - started
     if sampling:
@@ -425,7 +440,7 @@ def evaluate_generation_part(ctx: EvalContext) -> None:
         features=ctx.extractor,
     )
     if "fid" in metrics:
-        ctx.records.append(MetricRecord("gfid", result["fid"], protocol))
+        ctx.records.append(fid_record(result, protocol, gen.fid_bootstrap, ctx.cfg.run.seed))
     if "kid" in metrics:
         ctx.records.append(
             MetricRecord(
@@ -448,8 +463,34 @@ def evaluate_generation_part(ctx: EvalContext) -> None:
                 "inception_score", value, protocol, std=std, unavailable=SHORT_IS_REASON if reason else ""
             )
         )
+    if gen.domain.enabled:
+        domain = evaluate_domain_part(ctx.cfg, ctx.folder, samples, protocol, ctx.cfg.run.seed)
+        ctx.records += domain.records
+        ctx.notes += domain.notes
+        ctx.seconds.update(domain.seconds)
+        ctx.info["domain"] = domain.info
     ctx.info.update(samples=str(samples), generator=str(generator) if generator else "", sampling=sampling)
     _sample_grid(ctx, samples)
+
+
+def fid_record(result: dict, protocol: Protocol, resamples: int, seed: int) -> MetricRecord:
+    """FID-N, with a centred bootstrap interval over the samples when ``resamples`` > 0.
+
+    The resamples use the symmetric trace route against the fixed reference
+    (:class:`~vtp_gen.metrics.generation.FrechetToReference`): no sqrtm per resample.
+    """
+    if resamples <= 0:
+        return MetricRecord("gfid", result["fid"], protocol)
+    distance = FrechetToReference(result["reference_statistics"])
+    interval = frechet_interval(result["sample_features"], distance, resamples, seed)
+    shift = result["fid"] - interval.value  # the sqrtm route's value; the two agree to rounding
+    return MetricRecord(
+        "gfid",
+        result["fid"],
+        protocol,
+        interval=(max(interval.low + shift, 0.0), interval.high + shift),
+        extra={"interval": interval.to_dict()},
+    )
 
 
 def _image_side(samples: Path) -> int:

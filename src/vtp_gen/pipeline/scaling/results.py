@@ -32,9 +32,17 @@ METRIC_COLUMNS = {
     "linear_probe_bottleneck": "linear_probe",  # the paper's scaling-plot protocol: 64-d bottleneck
     "linear_probe": "linear_probe_dinov2",
     "zero_shot_top1": "zero_shot_top1",
+    "domain_fd": "domain_fd",  # make eval's generation.domain (docs/eval.md, "Domain metric")
+    "label_agreement": "label_agreement",
 }
-PERCENT_METRICS = {"linear_probe_bottleneck", "linear_probe", "zero_shot_top1"}
-LABELLED_METRICS = ("gfid", "rfid", "linear_probe_bottleneck")
+PERCENT_METRICS = {"linear_probe_bottleneck", "linear_probe", "zero_shot_top1", "label_agreement"}
+LABELLED_METRICS = ("gfid", "rfid", "linear_probe_bottleneck", "domain_fd")
+# Metrics recorded with a 95 % interval and a real-vs-real floor: both travel with the number,
+# so a CSV row tells whether two points differ by more than their noise.
+INTERVAL_METRICS = ("domain_fd", "label_agreement")
+INTERVAL_COLUMNS = [
+    f"{METRIC_COLUMNS[m]}_{part}" for m in INTERVAL_METRICS for part in ("low", "high", "floor", "floor_high")
+]
 
 COLUMNS = [
     "point",
@@ -46,9 +54,11 @@ COLUMNS = [
     "batches_per_step",
     "trainable_params_m",
     *METRIC_COLUMNS.values(),
+    *INTERVAL_COLUMNS,
     "gfid_label",
     "rfid_label",
     "linear_probe_label",
+    "domain_fd_label",
     "stage2_steps",
     "seconds_stage1",
     "seconds_cache",
@@ -76,7 +86,13 @@ def eval_values(metrics_json: Path) -> dict:
         column = METRIC_COLUMNS.get(record.metric)
         if column is None or record.value is None:
             continue
-        out[column] = record.value * 100 if record.metric in PERCENT_METRICS else record.value
+        scale = 100 if record.metric in PERCENT_METRICS else 1
+        out[column] = record.value * scale
+        if record.interval is not None:
+            out[f"{column}_low"], out[f"{column}_high"] = (v * scale for v in record.interval)
+        if record.floor is not None:
+            out[f"{column}_floor"] = record.floor["value"] * scale
+            out[f"{column}_floor_high"] = record.floor["high"] * scale
         if record.metric in LABELLED_METRICS:
             out[f"{column}_label"] = record.label
     return out

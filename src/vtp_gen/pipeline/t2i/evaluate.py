@@ -3,7 +3,8 @@
 Writes ``runs/<name>/t2i_eval/``: ``metrics.json``, ``report.md``,
 ``grid.png`` (one captioned row per held-out prompt) and the garment judge's
 weights (``judge.safetensors``, reused by later runs). See
-:mod:`vtp_gen.t2i.evaluate` for what each number means.
+:mod:`vtp_gen.t2i.evaluate` for what each number means and
+:mod:`vtp_gen.metrics.domain` for the judge.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from vtp_gen.data.fashion_mnist import FashionMNIST
 from vtp_gen.data.images import captioned_grid, save_png
 from vtp_gen.interop.generators import load_text_generator
 from vtp_gen.latents.encode import CenterCropUint8
+from vtp_gen.metrics.domain import agreement, load_or_train_judge
 from vtp_gen.metrics.generation import evaluate_generation
 from vtp_gen.pipeline.run_dir import run_root
 from vtp_gen.pipeline.sample.run import (
@@ -34,7 +36,7 @@ from vtp_gen.pipeline.t2i.config import HELD_OUT_PROMPTS
 from vtp_gen.pipeline.t2i.run import RUN_STEP
 from vtp_gen.pipeline.t2i.sample import pick_device
 from vtp_gen.systems.sampling import LatentDecoder, sample_noise
-from vtp_gen.t2i.evaluate import agreement, clip_score, load_or_train_judge
+from vtp_gen.t2i.evaluate import clip_score
 from vtp_gen.t2i.sampling import generate, sampling_settings, uint8_pixels
 from vtp_gen.t2i.text_features import CaptionEncoder
 from vtp_gen.transport import sample as transport_sample
