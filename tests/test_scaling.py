@@ -490,6 +490,10 @@ def test_a_finished_point_is_reused_only_with_the_same_configs(tmp_path):
 MICRO = """
 presets: [configs/stage1/ae_only.yaml, configs/stage1/vtp.yaml]
 steps: [12]
+widths: []
+width_presets: {}
+stage2_seeds: []
+stage2_curve: {point: "", steps: []}
 stage1:
   overrides: [decoder_finetune.enabled=false, evaluation.reconstruction_images=20, evaluation.zero_shot_images=100,
     trainer.progress_bar=false, data.batch_size=16]
@@ -542,4 +546,57 @@ def test_make_scaling_micro_study_end_to_end_and_resume(tmp_path):
     again = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("done earlier") == 2 and "GFLOPs per stage-1 step" not in again.stdout
+    assert read_csv(root / "scaling.csv") == rows
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("fashion_mnist")
+def test_quick_study_end_to_end(tmp_path):
+    """configs/scaling/quick.yaml as shipped (~20 min on 2 cores): widths, seeds, intervals, the verdict,
+    the stage-2 curve and every figure; a rerun trains nothing."""
+    command = [
+        sys.executable,
+        str(REPO / "eval/scaling.py"),
+        "--config",
+        str(REPO / "configs/scaling/quick.yaml"),
+        f"run.out_dir={tmp_path}",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=3600, cwd=REPO)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    root = tmp_path / "scaling_quick"
+    rows = read_csv(root / "scaling.csv")
+    assert [r["point"] for r in rows] == [
+        f"{p}-w{w}-{s}" for w in (16, 64) for p in ("ae_only", "vtp") for s in (30, 60)
+    ]
+    for row in rows:
+        assert row["seeds"] == 2 and row["stage2_steps"] == 100 and row["width"] in (16, 64)
+        for column in ("gfid", "gfid_low", "gfid_high", "domain_fd", "domain_fd_low", "rfid", "linear_probe"):
+            assert row[column] is not None and math.isfinite(row[column]), (row["point"], column)
+        assert row["gfid_low"] <= row["gfid"] <= row["gfid_high"]
+        assert row["gfid_label"] == "FID-100" and row["domain_fd_label"] == "FD-judge-500"
+        assert len(row["gfid_per_seed"].split(";")) == 2
+    # Wider latents: more channels per token, the same stage-1 FLOPs up to the bottleneck's projections.
+    assert rows[4]["tokenizer_gflops"] != rows[0]["tokenizer_gflops"]
+    point = root / "vtp-w64-60"
+    assert (point / "eval" / "metrics.json").is_file() and (
+        point / "seed1" / "eval" / "metrics.json"
+    ).is_file()
+    summary = (root / "summary.md").read_text()
+    assert "## Verdict" in summary and "**width 16**" in summary and "**width 64**" in summary
+    assert "## Stage-2 curve of vtp-w16-60" in summary
+    for name in (
+        "gfid_vs_compute",
+        "domain_fd_vs_compute",
+        "rfid_vs_compute",
+        "probe_vs_gfid",
+        "zero_shot_vs_gfid",
+        "rfid_vs_gfid",
+        "gfid_vs_stage2_steps",
+    ):
+        assert (root / "images" / f"{name}.png").is_file(), name
+    curve = json.loads((root / "vtp-w16-60" / "curve" / "curve.json").read_text())["rows"]
+    assert [r["stage2_steps"] for r in curve] == [50, 100]
+    again = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("done earlier") == 8 and "training to step" not in again.stdout
     assert read_csv(root / "scaling.csv") == rows
