@@ -113,6 +113,9 @@ def test_fid_below_the_feature_dimension_is_exact_from_the_features():
     to_reference = FrechetToReference(reference)
     assert to_reference(a) == pytest.approx(_fid_direct(a, b), rel=1e-7)
     assert to_reference(big) == pytest.approx(_fid_direct(big, b), rel=1e-7)
+    with_features = FrechetToReference(reference, b)  # no D x D root at all
+    assert with_features(a) == pytest.approx(_fid_direct(a, b), rel=1e-7)
+    assert with_features._root_matrix is None
     assert fid_to_reference(big, reference) == pytest.approx(_fid_direct(big, b), rel=1e-7)
 
 

@@ -566,24 +566,24 @@ def test_quick_study_end_to_end(tmp_path):
     root = tmp_path / "scaling_quick"
     rows = read_csv(root / "scaling.csv")
     assert [r["point"] for r in rows] == [
-        f"{p}-w{w}-{s}" for w in (16, 64) for p in ("ae_only", "vtp") for s in (30, 60)
+        f"{p}-w{w}-{s}" for w in (16, 64) for p in ("ae_only", "vtp") for s in (20, 40)
     ]
     for row in rows:
-        assert row["seeds"] == 2 and row["stage2_steps"] == 100 and row["width"] in (16, 64)
+        assert row["seeds"] == 2 and row["stage2_steps"] == 60 and row["width"] in (16, 64)
         for column in ("gfid", "gfid_low", "gfid_high", "domain_fd", "domain_fd_low", "rfid", "linear_probe"):
             assert row[column] is not None and math.isfinite(row[column]), (row["point"], column)
         assert row["gfid_low"] <= row["gfid"] <= row["gfid_high"]
-        assert row["gfid_label"] == "FID-100" and row["domain_fd_label"] == "FD-judge-500"
+        assert row["gfid_label"] == "FID-50" and row["domain_fd_label"] == "FD-judge-200"
         assert len(row["gfid_per_seed"].split(";")) == 2
     # Wider latents: more channels per token, the same stage-1 FLOPs up to the bottleneck's projections.
     assert rows[4]["tokenizer_gflops"] != rows[0]["tokenizer_gflops"]
-    point = root / "vtp-w64-60"
+    point = root / "vtp-w64-40"
     assert (point / "eval" / "metrics.json").is_file() and (
         point / "seed1" / "eval" / "metrics.json"
     ).is_file()
     summary = (root / "summary.md").read_text()
     assert "## Verdict" in summary and "**width 16**" in summary and "**width 64**" in summary
-    assert "## Stage-2 curve of vtp-w16-60" in summary
+    assert "## Stage-2 curve of vtp-w16-40" in summary
     for name in (
         "gfid_vs_compute",
         "domain_fd_vs_compute",
@@ -594,8 +594,8 @@ def test_quick_study_end_to_end(tmp_path):
         "gfid_vs_stage2_steps",
     ):
         assert (root / "images" / f"{name}.png").is_file(), name
-    curve = json.loads((root / "vtp-w16-60" / "curve" / "curve.json").read_text())["rows"]
-    assert [r["stage2_steps"] for r in curve] == [50, 100]
+    curve = json.loads((root / "vtp-w16-40" / "curve" / "curve.json").read_text())["rows"]
+    assert [r["stage2_steps"] for r in curve] == [30, 60]
     again = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=REPO)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("done earlier") == 8 and "training to step" not in again.stdout

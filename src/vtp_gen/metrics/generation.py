@@ -120,20 +120,33 @@ class FrechetToReference:
     The reference's matrix root is computed once and the trace term comes from the
     symmetric form ``sqrt(S_ref) S sqrt(S_ref)``, whose eigenvalues are real: no sqrtm per
     call, no imaginary parts to reject when a resample has fewer vectors than dimensions.
+    A set with fewer vectors than dimensions takes the nuclear norm of its N x D factor
+    times that root instead, or, when the reference's own ``features`` are given and fewer
+    than dimensions too, of ``A A_ref^T`` (no D x D work at all).
     Equal to :func:`frechet_distance` where both are defined (tests check it).
     """
 
-    def __init__(self, reference: FeatureStatistics):
+    def __init__(self, reference: FeatureStatistics, features: np.ndarray | None = None):
         self.reference = reference
-        self._root = symmetric_root(reference.sigma)
         self._trace = float(np.trace(reference.sigma))
+        dims = reference.mu.shape[0]
+        self._factor = _centred_factor(features) if features is not None and len(features) < dims else None
+        self._root_matrix: np.ndarray | None = None
+
+    @property
+    def _root(self) -> np.ndarray:
+        if self._root_matrix is None:
+            self._root_matrix = symmetric_root(self.reference.sigma)
+        return self._root_matrix
 
     def __call__(self, features: np.ndarray) -> float:
         stats = FeatureStatistics.from_features(features)
         if stats.mu.shape != self.reference.mu.shape:
             raise ValueError(f"feature dimensions differ: {stats.mu.shape} vs {self.reference.mu.shape}")
         diff = stats.mu - self.reference.mu
-        if len(features) < len(stats.mu):
+        if self._factor is not None:
+            trace_sqrt = _nuclear_norm(_centred_factor(features) @ self._factor.T)
+        elif len(features) < len(stats.mu):
             # sqrt(S_ref) S sqrt(S_ref) = (A sqrt(S_ref))^T (A sqrt(S_ref)) with S = A^T A: the trace of
             # its root is the nuclear norm of the N x D matrix A sqrt(S_ref) (no D x D eigenproblem).
             trace_sqrt = _nuclear_norm(_centred_factor(features) @ self._root)
@@ -488,8 +501,9 @@ def evaluate_generation(
     :class:`~vtp_gen.pretrained.inception.MissingClassifierError`, or with
     ``skip_unavailable=True`` records the reason under ``"unavailable"`` and
     reports no number. ``kid_subset_size`` is capped at the set sizes.
-    ``keep_features``: also return the samples' features (``sample_features``) and the
-    reference's statistics (``reference_statistics``), e.g. for a bootstrap interval.
+    ``keep_features``: also return the samples' features (``sample_features``), the
+    reference's statistics (``reference_statistics``) and, when loaded, its features
+    (``reference_features``, else None), e.g. for a bootstrap interval.
     """
 
     unknown = sorted(set(metrics) - set(GENERATION_METRICS))
@@ -523,6 +537,7 @@ def evaluate_generation(
     result["num_reference"] = ref.statistics.num_samples
     if keep_features:
         result["sample_features"], result["reference_statistics"] = sample_features, ref.statistics
+        result["reference_features"] = ref.features
 
     if "fid" in metrics:
         result["fid"] = fid_to_reference(sample_features, ref.statistics, ref.features)

@@ -488,7 +488,7 @@ def fid_record(result: dict, protocol: Protocol, resamples: int, seed: int) -> M
     """
     if resamples <= 0:
         return MetricRecord("gfid", result["fid"], protocol)
-    distance = FrechetToReference(result["reference_statistics"])
+    distance = FrechetToReference(result["reference_statistics"], result.get("reference_features"))
     interval = frechet_interval(result["sample_features"], distance, resamples, seed)
     shift = result["fid"] - interval.value  # the sqrtm route's value; the two agree to rounding
     return MetricRecord(
