@@ -342,6 +342,11 @@ def test_seeds_combine_into_the_mean_with_an_interval_and_the_csv_keeps_them(tmp
     # KID's std over subsets is its interval; precision has none per seed, so the seed spread alone.
     assert row["kid_low"] < row["kid"] < row["kid_high"]
     assert row["precision"] == row["precision_low"] == row["precision_high"] == pytest.approx(0.5)
+    # Two seeds far apart: the t interval is clipped where the metric ends (a distance at 0).
+    _write_seed_eval(point / "seed2", 2.0, 0.1, 0.1)
+    _write_seed_eval(point / "seed3", 30.0, 0.1, 9.0)
+    apart = build_row(point, "vtp", 200, {}, 2.0, 1, 10**6, seed_dirs=[point / "seed2", point / "seed3"])
+    assert apart["gfid_low"] == 0.0 and apart["domain_fd_low"] == 0.0 and apart["gfid_high"] > 100
     # The tokenizer's metrics from the point's own eval.
     assert row["linear_probe"] == pytest.approx(60.0) and row["rfid"] == pytest.approx(0.0)
     back = read_csv(write_csv([row], tmp_path / "scaling.csv"))[0]
@@ -405,13 +410,17 @@ def test_the_verdict_rule_gives_each_outcome_and_the_plateau_and_correlations():
     # Without intervals the rule cannot decide, whatever the values.
     bare = [{k: v for k, v in r.items() if not k.endswith(("_low", "_high"))} for r in rows]
     assert verdict.width_verdict(bare, 16).verdict == verdict.CANNOT_TELL
-    # AE-only at width 16: gFID -1 [-3.8, +1.8] per 2 doublings, rFID -20 -> the plateau the paper describes.
+    # AE-only at width 16: gFID -0.5 [-1.9, +0.9] per doubling (2 doublings), rFID -10 -> the plateau
+    # the paper describes (the interval excludes an improvement of 5 % of 80 = 4 per doubling).
     g = verdict.last_change(rows, 16, "AE", "gfid")
     r = verdict.last_change(rows, 16, "AE", "rfid")
-    assert g.steps == (100, 400) and g.per_doubling.value == pytest.approx(-0.5)
+    assert g.steps == (100, 400) and g.per_doubling.value == pytest.approx(-0.5) and g.start == 80.0
     assert verdict.plateau(g, r).startswith("yes")
     still = verdict.last_change(rows, 16, "CLIP+SSL+AE", "gfid")
     assert verdict.plateau(still, r).startswith("no")
+    # An interval too wide to exclude a real improvement is no plateau: cannot tell.
+    wide = verdict.Change("gfid", (100, 400), verdict.Estimate(-0.5, -9.0, 8.0), 80.0)
+    assert verdict.plateau(wide, r).startswith("cannot tell")
     # Correlation with a bootstrap over points: a perfect line stays at +1.
     line = [{"x": float(i), "gfid": 2.0 * i + 1} for i in range(8)]
     c = verdict.correlation(line, "x", resamples=200)
@@ -427,6 +436,7 @@ def test_the_verdict_rule_gives_each_outcome_and_the_plateau_and_correlations():
         and "**width 32**: by FID-400: **cannot tell**" in text
     )
     assert "plateau: yes" in text and "Rule: at the largest stage-1 budget" in text
+    assert "excludes an improvement of more than 5%" in text
 
 
 def test_figures_are_written_from_real_rows(tmp_path):

@@ -139,6 +139,8 @@ def record_interval(record) -> Interval | None:
 
 
 NORMAL_95 = 1.959963984540054
+NON_NEGATIVE = ("gfid", "domain_fd")  # distances (KID's unbiased estimate may dip below 0)
+PROPORTIONS = ("precision", "recall", "label_agreement")  # fractions in metrics.json
 
 
 def combined_generation_values(metrics_files: Sequence[Path]) -> dict:
@@ -161,7 +163,13 @@ def combined_generation_values(metrics_files: Sequence[Path]) -> dict:
         combined = combine_seeds(intervals)
         out[column] = combined.value * scale
         if has_interval or len(records) > 1:
-            out[f"{column}_low"], out[f"{column}_high"] = combined.low * scale, combined.high * scale
+            # A t interval from two seeds can reach past what the metric can take: clip it there.
+            low, high = combined.low, combined.high
+            if metric in NON_NEGATIVE:
+                low = max(low, 0.0)
+            if metric in PROPORTIONS:
+                low, high = max(low, 0.0), min(high, 1.0)
+            out[f"{column}_low"], out[f"{column}_high"] = low * scale, high * scale
         if f"{column}_per_seed" in SEED_COLUMNS:
             out[f"{column}_per_seed"] = ";".join(f"{r.value * scale:.4g}" for r in records)
         first = records[0]

@@ -364,6 +364,30 @@ def record_point(
     return record
 
 
+def refreshed_row(point: Point, point_dir: Path, record: dict, cfg: DictConfig) -> dict:
+    """A done point's row rebuilt from its folder with this code (intervals, floors, new columns), with
+    the FLOPs and wall seconds its record holds; the recorded row when the folder no longer has its evals."""
+    old = record["row"]
+    seeded = bool(cfg.stage2_seeds)
+    try:
+        row = build_row(
+            point_dir,
+            point.preset,
+            point.steps,
+            dict(record["configs"]["stage1"]["objectives"]),
+            record["flops"]["per_step"] / 1e9,
+            record["flops"]["batches_per_step"],
+            int(round(old.get("trainable_params_m", 0) * 1e6)),
+            {k[len("seconds_") :]: v for k, v in old.items() if k.startswith("seconds_")},
+            width=point.width,
+            seed_dirs=[seed_folder(point_dir, s) for s in stage2_seeds(cfg)] if seeded else None,
+            gfid_floors=dict(cfg.gfid_floors),
+        )
+    except (FileNotFoundError, KeyError, ValueError):
+        return old
+    return row
+
+
 RUNNERS = {"stage1": run_stage1, "cache": run_cache, "stage2": run_stage2, "eval": run_eval}
 
 
@@ -496,8 +520,8 @@ def run(cfg: DictConfig) -> list[dict]:
         record = finished_record(point_dir, {k: to_dict(v) for k, v in configs.items()})
         tag = f"{index}/{len(points)} {point.name}"
         if record is not None:
-            rows[point.name] = record["row"]
-            log.info(f"{tag}: done earlier ({point_line(record['row'])}), skipped")
+            rows[point.name] = refreshed_row(point, point_dir, record, cfg)
+            log.info(f"{tag}: done earlier ({point_line(rows[point.name])}), skipped")
             continue
         if point not in selected:
             continue

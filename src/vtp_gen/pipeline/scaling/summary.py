@@ -12,6 +12,7 @@ from pathlib import Path
 from vtp_gen.pipeline.scaling.verdict import (
     BASELINE,
     PAPER,
+    PLATEAU_RULE,
     RULE,
     correlation,
     estimate,
@@ -127,7 +128,8 @@ def verdict_lines(rows: Sequence[dict], resamples: int = 2000) -> list[str]:
                 )
     lines += ["", f"### Does {BASELINE} stop helping generation while it still reconstructs better?", ""]
     lines.append(
-        "Change per doubling of tokenizer compute over the preset's last two budgets (negative = improving):"
+        "Change per doubling of tokenizer compute over the preset's last two budgets (negative = improving); "
+        f"{PLATEAU_RULE}:"
     )
     lines.append("")
     for width in widths(rows):

@@ -136,6 +136,15 @@ def gaps(rows: Sequence[dict], width, metric: str) -> list[Gap]:
     return out
 
 
+# "Stopped improving" must be shown, not just not refuted: the interval of the change per doubling
+# has to contain 0 and exclude an improvement larger than this share of the metric's earlier value.
+PLATEAU_MARGIN = 0.05
+PLATEAU_RULE = (
+    "plateau = the gFID change per doubling has a 95 % interval that contains 0 and excludes an "
+    f"improvement of more than {PLATEAU_MARGIN:.0%} of the earlier gFID, while rFID still falls"
+)
+
+
 @dataclass(frozen=True)
 class Change:
     """A preset's change in a metric over its last two budgets, per doubling of tokenizer compute."""
@@ -143,6 +152,7 @@ class Change:
     metric: str
     steps: tuple[int, int]
     per_doubling: Estimate
+    start: float = 0.0  # the metric at the earlier budget
 
 
 def last_change(rows: Sequence[dict], width, objectives: str, metric: str) -> Change | None:
@@ -155,25 +165,32 @@ def last_change(rows: Sequence[dict], width, objectives: str, metric: str) -> Ch
     if doublings <= 0:
         return None
     change = difference(estimate(last, metric), estimate(before, metric))
-    return Change(metric, (before["steps"], last["steps"]), scaled(change, 1.0 / doublings))
+    return Change(
+        metric, (before["steps"], last["steps"]), scaled(change, 1.0 / doublings), float(before[metric])
+    )
 
 
 def plateau(gfid: Change | None, rfid: Change | None) -> str:
-    """Whether the baseline's gFID stops improving while its rFID still improves (lower is better)."""
+    """Whether the baseline's gFID stops improving while its rFID still improves (lower is better);
+    the rule is :data:`PLATEAU_RULE`."""
     if gfid is None or rfid is None:
         return "not measurable (fewer than two budgets)"
-    rfid_improves = (
-        (rfid.per_doubling.high < 0) if rfid.per_doubling.has_interval else rfid.per_doubling.value < 0
-    )
-    gfid = gfid.per_doubling
-    if not gfid.has_interval:
+    r = rfid.per_doubling
+    rfid_improves = (r.high < 0) if r.has_interval else r.value < 0
+    g = gfid.per_doubling
+    if not g.has_interval:
         return "cannot tell (the gFID change has no interval)"
-    if gfid.high < 0:
-        return "no: gFID still improves measurably" + (
-            "" if rfid_improves else ", and so does nothing in rFID"
+    if g.high < 0:
+        return "no: gFID still improves measurably"
+    if g.low > 0:
+        return "no: gFID gets measurably worse" + (" while rFID improves" if rfid_improves else "")
+    if g.low < -PLATEAU_MARGIN * abs(gfid.start):
+        return (
+            "cannot tell: the gFID interval allows a flat line and an improvement of more than "
+            f"{PLATEAU_MARGIN:.0%} per doubling alike"
         )
     if rfid_improves:
-        return "yes: gFID no longer improves measurably while rFID still improves"
+        return "yes: gFID has stopped improving (within the margin) while rFID still improves"
     return "both have stopped improving (rFID too)"
 
 
