@@ -107,7 +107,7 @@ def _study(*overrides: str, recipe: str = "tiny"):
 
 
 # The study's original layout: no widths, one stage-2 run per point.
-PLAIN = ("widths=[]", "width_presets={}", "stage2_seeds=[]", "stage2_curve.point=")
+PLAIN = ("widths=[]", "width_presets={}", "stage2_seeds=[]", "stage2_curve.point=''")
 
 
 def test_points_cover_the_grid_and_each_step_is_configured_as_its_command(tmp_path):
@@ -482,18 +482,30 @@ def test_pearson():
 
 @pytest.mark.usefixtures("fashion_mnist")
 def test_a_finished_point_is_reused_only_with_the_same_configs(tmp_path):
-    cfg = _study(f"run.out_dir={tmp_path}", "steps=[100]", "stage1.overrides=[data.batch_size=16]")
+    cfg = _study(
+        f"run.out_dir={tmp_path}",
+        "steps=[100]",
+        "stage1.overrides=[data.batch_size=16]",
+        "stage2_curve.point=''",
+    )
     point = plan_points(cfg)[0]
-    configs = {c.step: c.build() for c in step_calls(cfg, point)}
+    configs = {c.name: c.build() for c in step_calls(cfg, point)}
     point_dir = tmp_path / "scaling" / point.name
     _write_eval(point_dir, gfid=90.0, probe=0.5, with_zero_shot=False)
+    for seed in (0, 1):
+        _write_seed_eval(point_dir / f"seed{seed}", 90.0 + seed, 1.0, 5.0)
     flops = pretraining_step_flops(configs["stage1"])
-    record = record_point(point, point_dir, configs, flops, {"total": 1.0})
+    record = record_point(point, point_dir, configs, flops, {"total": 1.0}, cfg)
     plain = json.loads(json.dumps(record["configs"]))
-    assert finished_record(point_dir, plain)["row"]["gfid"] == 90.0
-    plain["stage2"]["trainer"]["max_steps"] += 1
-    with pytest.raises(ConfigError, match=r"other settings \(stage2.trainer.max_steps"):
-        finished_record(point_dir, plain)
+    assert finished_record(point_dir, plain)["row"]["gfid"] == 90.5
+    changed = json.loads(json.dumps(plain))
+    changed["stage2/seed1"]["trainer"]["max_steps"] += 1
+    with pytest.raises(ConfigError, match=r"other settings \(stage2/seed1.trainer.max_steps"):
+        finished_record(point_dir, changed)
+    # Another seed list is another study too.
+    fewer = {k: v for k, v in plain.items() if not k.endswith("seed1")}
+    with pytest.raises(ConfigError, match="other settings"):
+        finished_record(point_dir, fewer)
 
 
 # ----------------------------------------------------------------------------- end to end
