@@ -23,7 +23,7 @@ endif
 
 STEP_OPTS = $(foreach c,$(CONFIG),--config $(c)) $(if $(DATA),--data $(DATA)) $(ARGS)
 
-.PHONY: setup dataset weights stage1 cache stage2 sample eval tables scaling bench gpu-kit test test-slow test-faults lint clean-runs
+.PHONY: setup dataset weights stage1 cache stage2 sample eval tables scaling scaling-quick bench gpu-kit test test-slow test-faults lint clean-runs
 
 setup: dataset  ## venv + package + embedded dataset + offline metric weights
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -61,8 +61,11 @@ eval:  ## metrics.json, report.md, grids
 tables:  ## the paper's tables beside the numbers of your runs
 	$(PY) eval/tables.py $(ARGS)
 
-scaling:  ## the small scaling study (about an hour on CPU)
+scaling:  ## the scaling study (configs/scaling/tiny.yaml: about 2.5 hours on 2 CPU cores, resumable)
 	$(PY) eval/scaling.py $(STEP_OPTS)
+
+scaling-quick:  ## every part of the scaling study at toy sizes (configs/scaling/quick.yaml, under 20 min on CPU)
+	$(PY) eval/scaling.py --config configs/scaling/quick.yaml $(ARGS)
 
 bench:  ## throughput / MFU / memory benchmarks, appended as CSV rows (runs/bench/results.csv)
 	$(PY) bench/run.py $(ARGS)

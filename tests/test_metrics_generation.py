@@ -18,8 +18,10 @@ from vtp_gen.metrics.features import extract_features
 from vtp_gen.metrics.generation import (
     FeatureStatistics,
     FIDNumericalError,
+    FrechetToReference,
     evaluate_generation,
     fid_from_features,
+    fid_to_reference,
     frechet_distance,
     frechet_distance_details,
     inception_score,
@@ -27,6 +29,7 @@ from vtp_gen.metrics.generation import (
     load_reference,
     precision_recall,
     prepare_reference,
+    trace_sqrt_from_features,
 )
 from vtp_gen.pretrained.cache import weights_dir
 from vtp_gen.pretrained.inception import CONVERTED_FILE, MissingClassifierError
@@ -89,6 +92,31 @@ def test_fid_matches_direct_scipy_and_self_is_zero(features):
     )
     assert details["max_imaginary"] < 1e-6 and details["sqrtm_residual"] < 1e-9
     assert details["trace_sqrt"] == pytest.approx(details["trace_sqrt_check"], rel=1e-9)
+
+
+def test_fid_below_the_feature_dimension_is_exact_from_the_features():
+    """Fewer vectors than dimensions (FID-400 on 2048-d pool3): the trace term is the nuclear norm of
+    A1 A2^T, equal to scipy's sqrtm where that is well defined, without the D x D square root."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((30, 64)) @ rng.standard_normal((64, 64)) * 0.3
+    b = rng.standard_normal((50, 64)) + 0.5
+    assert fid_from_features(a, b) == pytest.approx(_fid_direct(a, b), rel=1e-7)
+    assert trace_sqrt_from_features(a, b) == pytest.approx(
+        np.trace(scipy.linalg.sqrtm(np.cov(a, rowvar=False) @ np.cov(b, rowvar=False)).real), rel=1e-7
+    )
+    reference = FeatureStatistics.from_features(b)
+    # Against a reference given by its statistics: through its matrix root; with its features: directly.
+    assert fid_to_reference(a, reference) == pytest.approx(_fid_direct(a, b), rel=1e-7)
+    assert fid_to_reference(a, reference, b) == pytest.approx(_fid_direct(a, b), rel=1e-7)
+    # The bootstrap's distance: the N x D route (N < D) and the D x D one agree.
+    big = rng.standard_normal((200, 64))
+    to_reference = FrechetToReference(reference)
+    assert to_reference(a) == pytest.approx(_fid_direct(a, b), rel=1e-7)
+    assert to_reference(big) == pytest.approx(_fid_direct(big, b), rel=1e-7)
+    with_features = FrechetToReference(reference, b)  # no D x D root at all
+    assert with_features(a) == pytest.approx(_fid_direct(a, b), rel=1e-7)
+    assert with_features._root_matrix is None
+    assert fid_to_reference(big, reference) == pytest.approx(_fid_direct(big, b), rel=1e-7)
 
 
 def test_fid_refuses_large_imaginary_parts():

@@ -1,6 +1,7 @@
-"""The scaling study's pieces: FLOP accounting, point planning and resume rules, CSV rows, figures.
+"""The scaling study's pieces: FLOP accounting, point planning (widths, stage-2 seeds, the stage-2
+curve) and resume rules, CSV rows with intervals combined over seeds, the computed verdict, figures.
 
-The end-to-end study (2 presets x 1 budget, micro sizes) is the slow test at the bottom.
+The end-to-end studies (a micro one, and configs/scaling/quick.yaml) are the slow tests at the bottom.
 """
 
 from __future__ import annotations
@@ -16,19 +17,29 @@ import torch
 from PIL import Image
 
 from vtp_gen.config import ConfigError
+from vtp_gen.metrics.intervals import Interval, combine_seeds
 from vtp_gen.metrics.report import MetricRecord, Protocol, write_metrics_json
 from vtp_gen.pipeline.cli import build_config
+from vtp_gen.pipeline.scaling import verdict
 from vtp_gen.pipeline.scaling.flops import batches_per_step, count_flops, pretraining_step_flops
 from vtp_gen.pipeline.scaling.plots import pearson, plot_all
 from vtp_gen.pipeline.scaling.results import (
     COLUMNS,
     build_row,
     eval_values,
+    fid_samples,
     objectives_label,
     read_csv,
     write_csv,
 )
-from vtp_gen.pipeline.scaling.run import finished_record, plan_points, record_point, step_calls
+from vtp_gen.pipeline.scaling.run import (
+    curve_calls,
+    finished_record,
+    plan_points,
+    record_point,
+    step_calls,
+)
+from vtp_gen.pipeline.scaling.summary import summary_markdown
 
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = ("ae_only", "clip_ae", "ssl_ae", "vtp")
@@ -91,12 +102,21 @@ def test_batches_per_step_counts_devices_nodes_and_accumulation():
 
 
 # ----------------------------------------------------------------------------- planning
-def _study(*overrides: str):
-    return build_config("scaling", [str(REPO / "configs/scaling/tiny.yaml")], None, list(overrides))
+def _study(*overrides: str, recipe: str = "tiny"):
+    return build_config("scaling", [str(REPO / f"configs/scaling/{recipe}.yaml")], None, list(overrides))
+
+
+# The study's original layout: no widths, one stage-2 run per point.
+PLAIN = ("widths=[]", "width_presets={}", "stage2_seeds=[]", "stage2_curve.point=''")
 
 
 def test_points_cover_the_grid_and_each_step_is_configured_as_its_command(tmp_path):
-    cfg = _study(f"run.out_dir={tmp_path}", "steps=[200,100]")
+    cfg = _study(
+        f"run.out_dir={tmp_path}",
+        "steps=[200,100]",
+        *PLAIN,
+        "presets=" + "[" + ",".join(f"configs/stage1/{p}.yaml" for p in PRESETS) + "]",
+    )
     points = plan_points(cfg)
     assert [p.name for p in points] == [f"{p}-{s}" for p in PRESETS for s in (100, 200)]
     calls = step_calls(cfg, points[1])
@@ -131,6 +151,74 @@ def test_unknown_point_and_duplicate_presets_are_errors():
         plan_points(_study("only=[vtp-300]"))
     with pytest.raises(ConfigError, match="distinct file names"):
         plan_points(_study("presets=[configs/stage1/vtp.yaml,configs/stage1/vtp.yaml]"))
+    with pytest.raises(ConfigError, match="width_presets names width 32"):
+        plan_points(_study("widths=[16,64]", "width_presets={32: [vtp]}"))
+    with pytest.raises(ConfigError, match=r"unknown presets \['clip_ae'\]"):
+        plan_points(
+            _study("widths=[16,64]", "presets=[configs/stage1/vtp.yaml]", "width_presets={64: [clip_ae]}")
+        )
+    with pytest.raises(ConfigError, match="widths must be distinct positive"):
+        plan_points(_study("widths=[16,16]"))
+    with pytest.raises(ConfigError, match="stage2_curve.point 'vtp-w16-3'"):
+        plan_points(_study("widths=[16]", "stage2_curve.point=vtp-w16-3"))
+
+
+def test_widths_seeds_and_the_curve_plan_their_own_folders(tmp_path):
+    cfg = _study(
+        f"run.out_dir={tmp_path}",
+        "run.name=s",
+        "presets=[configs/stage1/ae_only.yaml,configs/stage1/clip_ae.yaml,configs/stage1/vtp.yaml]",
+        "widths=[16,64]",
+        "width_presets={64: [ae_only, vtp]}",
+        "steps=[200,100]",
+        "stage2_seeds=[3,5]",
+        "stage2_curve.point=vtp-w64-200",
+        "stage2_curve.steps=[40,20]",
+    )
+    points = plan_points(cfg)
+    assert [p.name for p in points] == [
+        *(f"{p}-w16-{s}" for p in ("ae_only", "clip_ae", "vtp") for s in (100, 200)),
+        *(f"{p}-w64-{s}" for p in ("ae_only", "vtp") for s in (100, 200)),
+    ]
+    point = points[-1]
+    calls = step_calls(cfg, point)
+    assert [c.name for c in calls] == [
+        "stage1",
+        "cache",
+        "eval",
+        "stage2/seed3",
+        "eval/seed3",
+        "stage2/seed5",
+        "eval/seed5",
+    ]
+    built = {c.name: c.build() for c in calls}
+    assert built["stage1"].model.overrides.vision_feature_bottleneck == 64
+    assert built["stage1"].trainer.max_steps == 200 and built["stage1"].run.seed == 0
+    folder = tmp_path / "s" / "vtp-w64-200"
+    # The tokenizer is evaluated once, without generation; each seed's generator without the tokenizer parts.
+    assert built["eval"].generation.enabled is False and built["eval"].reconstruction.enabled is True
+    for seed in (3, 5):
+        stage2, evaluation = built[f"stage2/seed{seed}"], built[f"eval/seed{seed}"]
+        assert (stage2.run.out_dir, stage2.run.name, stage2.run.seed) == (str(folder), f"seed{seed}", seed)
+        assert stage2.latents.cache_dir == str(folder / "cache")
+        assert stage2.latents.tokenizer == str(folder / "stage1" / "tokenizer")
+        assert evaluation.generation.enabled and evaluation.run.seed == seed
+        assert evaluation.generation.generator == str(folder / f"seed{seed}" / "stage2" / "generator")
+        assert not (
+            evaluation.reconstruction.enabled
+            or evaluation.linear_probe.enabled
+            or evaluation.zero_shot.enabled
+        )
+    # The same stage-2 recipe and eval protocol at every seed but the seed itself.
+    assert built["stage2/seed3"].trainer == built["stage2/seed5"].trainer
+    # The curve: one stage-2 run resumed step count to step count, each count's copy evaluated.
+    curve = curve_calls(cfg, point)
+    assert list(curve) == [20, 40]
+    stage2, evaluation = (c.build() for c in curve[40])
+    assert (stage2.run.out_dir, stage2.run.name, stage2.run.seed) == (str(folder), "curve", 3)
+    assert stage2.trainer.max_steps == 40
+    assert evaluation.generation.generator == str(folder / "curve" / "step40" / "stage2" / "generator")
+    assert evaluation.run.out_dir == str(folder / "curve") and evaluation.run.name == "step40"
 
 
 # ----------------------------------------------------------------------------- rows and CSV
@@ -202,19 +290,187 @@ def test_rows_hold_flops_metrics_and_labels_and_round_trip_through_the_csv(tmp_p
     assert objectives_label({"lambda_clip": 1.0, "lambda_rec": 0.1}) == "CLIP+AE"
 
 
+def _write_seed_eval(folder: Path, gfid: float, gfid_std: float, fd: float) -> None:
+    """A generation-only eval of one seed: gFID with a bootstrap interval, FD-judge, KID with a std."""
+    gen = Protocol("Fashion-MNIST", 32, 400, reference="Fashion-MNIST test", num_reference=400)
+    judged = Protocol("Fashion-MNIST", 32, 2000, "Fashion-MNIST test", 10000, features="fashion-mnist-judge")
+    interval = Interval(gfid, gfid - 2 * gfid_std, gfid + 2 * gfid_std, std=gfid_std, resamples=20)
+    records = [
+        MetricRecord(
+            "gfid", gfid, gen, interval=(interval.low, interval.high), extra={"interval": interval.to_dict()}
+        ),
+        MetricRecord("kid", 0.05, gen, std=0.01),
+        MetricRecord("precision", 0.5, gen),
+        MetricRecord(
+            "domain_fd",
+            fd,
+            judged,
+            interval=(fd - 0.2, fd + 0.2),
+            floor={"value": 0.4, "low": 0.2, "high": 0.7},
+            extra={"interval": {"std": 0.1}},
+        ),
+    ]
+    write_metrics_json(folder / "eval" / "metrics.json", records, {"run": folder.name})
+
+
+def test_seeds_combine_into_the_mean_with_an_interval_and_the_csv_keeps_them(tmp_path):
+    point = tmp_path / "vtp-w64-200"
+    _write_eval(point, gfid=0.0, probe=0.6, with_zero_shot=True)  # the tokenizer's eval (gFID ignored below)
+    _write_seed_eval(point / "seed0", 100.0, 1.0, 5.0)
+    _write_seed_eval(point / "seed1", 110.0, 1.0, 5.4)
+    row = build_row(
+        point,
+        "vtp",
+        200,
+        {"lambda_clip": 1, "lambda_ssl": 1, "lambda_rec": 0.1},
+        2.0,
+        1,
+        10**6,
+        width=64,
+        seed_dirs=[point / "seed0", point / "seed1"],
+        gfid_floors={400: 45.7, 1000: 24.2},
+    )
+    assert row["width"] == 64 and row["seeds"] == 2
+    # Seed spread (std of 2 values: 7.07) dominates the bootstrap's 1.0: Student's t with 1 degree of freedom.
+    expected = combine_seeds([Interval(100.0, 98, 102, std=1.0), Interval(110.0, 108, 112, std=1.0)])
+    assert row["gfid"] == pytest.approx(105.0)
+    assert (row["gfid_low"], row["gfid_high"]) == pytest.approx((expected.low, expected.high))
+    assert row["gfid_high"] - row["gfid"] == pytest.approx(12.706 * 5.0, rel=1e-3)
+    assert row["gfid_per_seed"] == "100;110" and row["gfid_floor"] == 45.7
+    assert row["gfid_label"] == "FID-400" and row["domain_fd_label"] == "FD-judge-2k"
+    assert row["domain_fd"] == pytest.approx(5.2) and row["domain_fd_floor"] == pytest.approx(0.4)
+    # KID's std over subsets is its interval; precision has none per seed, so the seed spread alone.
+    assert row["kid_low"] < row["kid"] < row["kid_high"]
+    assert row["precision"] == row["precision_low"] == row["precision_high"] == pytest.approx(0.5)
+    # Two seeds far apart: the t interval is clipped where the metric ends (a distance at 0).
+    _write_seed_eval(point / "seed2", 2.0, 0.1, 0.1)
+    _write_seed_eval(point / "seed3", 30.0, 0.1, 9.0)
+    apart = build_row(point, "vtp", 200, {}, 2.0, 1, 10**6, seed_dirs=[point / "seed2", point / "seed3"])
+    assert apart["gfid_low"] == 0.0 and apart["domain_fd_low"] == 0.0 and apart["gfid_high"] > 100
+    # The tokenizer's metrics from the point's own eval.
+    assert row["linear_probe"] == pytest.approx(60.0) and row["rfid"] == pytest.approx(0.0)
+    back = read_csv(write_csv([row], tmp_path / "scaling.csv"))[0]
+    for column in (
+        "width",
+        "seeds",
+        "gfid",
+        "gfid_low",
+        "gfid_high",
+        "gfid_floor",
+        "domain_fd_low",
+        "kid_high",
+    ):
+        assert back[column] == pytest.approx(row[column], rel=1e-5), column
+    assert fid_samples("FID-10k") == 10_000 and fid_samples("FID-400") == 400 and fid_samples(None) is None
+    # One seed: its bootstrap interval as recorded.
+    single = build_row(point, "vtp", 200, {}, 2.0, 1, 10**6, seed_dirs=[point / "seed0"])
+    assert (single["seeds"], single["gfid_low"], single["gfid_high"]) == (1, 98.0, 102.0)
+
+
+def _synthetic(width, objectives, steps, gfid, half, rfid, gflops_per_step=1.0, **extra) -> dict:
+    preset = {"AE": "ae_only", "CLIP+SSL+AE": "vtp"}[objectives]
+    return {
+        "point": f"{preset}-w{width}-{steps}",
+        "preset": preset,
+        "objectives": objectives,
+        "width": width,
+        "steps": steps,
+        "tokenizer_gflops": gflops_per_step * steps,
+        "gfid": gfid,
+        "gfid_low": gfid - half,
+        "gfid_high": gfid + half,
+        "rfid": rfid,
+        "gfid_label": "FID-400",
+        **extra,
+    }
+
+
+def test_the_verdict_rule_gives_each_outcome_and_the_plateau_and_correlations():
+    rows = [
+        # width 16: VTP clearly better at the largest common budget -> holds
+        _synthetic(16, "AE", 100, 80.0, 2.0, 50.0),
+        _synthetic(16, "AE", 400, 79.0, 2.0, 30.0),
+        _synthetic(16, "CLIP+SSL+AE", 100, 78.0, 2.0, 52.0, 6.0),
+        _synthetic(16, "CLIP+SSL+AE", 400, 60.0, 2.0, 33.0, 6.0),
+        # width 64: AE clearly better -> fails
+        _synthetic(64, "AE", 400, 50.0, 1.0, 20.0),
+        _synthetic(64, "CLIP+SSL+AE", 400, 58.0, 1.0, 25.0, 6.0),
+        # width 32: overlapping -> cannot tell
+        _synthetic(32, "AE", 400, 50.0, 5.0, 20.0),
+        _synthetic(32, "CLIP+SSL+AE", 400, 47.0, 5.0, 25.0, 6.0),
+    ]
+    assert verdict.width_verdict(rows, 16).verdict == verdict.HOLDS
+    assert verdict.width_verdict(rows, 64).verdict == verdict.FAILS
+    assert verdict.width_verdict(rows, 32).verdict == verdict.CANNOT_TELL
+    gap = verdict.width_verdict(rows, 16).gap
+    assert gap.steps == 400 and gap.gap.value == pytest.approx(-19.0)
+    assert gap.gap.high == pytest.approx(-19.0 + math.hypot(2.0, 2.0)) and gap.compute_ratio == pytest.approx(
+        6.0
+    )
+    # Without intervals the rule cannot decide, whatever the values.
+    bare = [{k: v for k, v in r.items() if not k.endswith(("_low", "_high"))} for r in rows]
+    assert verdict.width_verdict(bare, 16).verdict == verdict.CANNOT_TELL
+    # AE-only at width 16: gFID -0.5 [-1.9, +0.9] per doubling (2 doublings), rFID -10 -> the plateau
+    # the paper describes (the interval excludes an improvement of 5 % of 80 = 4 per doubling).
+    g = verdict.last_change(rows, 16, "AE", "gfid")
+    r = verdict.last_change(rows, 16, "AE", "rfid")
+    assert g.steps == (100, 400) and g.per_doubling.value == pytest.approx(-0.5) and g.start == 80.0
+    assert verdict.plateau(g, r).startswith("yes")
+    still = verdict.last_change(rows, 16, "CLIP+SSL+AE", "gfid")
+    assert verdict.plateau(still, r).startswith("no")
+    # An interval too wide to exclude a real improvement is no plateau: cannot tell.
+    wide = verdict.Change("gfid", (100, 400), verdict.Estimate(-0.5, -9.0, 8.0), 80.0)
+    assert verdict.plateau(wide, r).startswith("cannot tell")
+    # Correlation with a bootstrap over points: a perfect line stays at +1.
+    line = [{"x": float(i), "gfid": 2.0 * i + 1} for i in range(8)]
+    c = verdict.correlation(line, "x", resamples=200)
+    assert c.r == pytest.approx(1.0) and c.low == pytest.approx(1.0) and c.points == 8
+    noisy = [{"x": float(i), "gfid": float((i * 7) % 5)} for i in range(12)]
+    c = verdict.correlation(noisy, "x", resamples=500)
+    assert c.low < c.r < c.high
+    assert verdict.correlation(line[:3], "x").low is None  # too few points for an interval
+    text = summary_markdown(rows, [], Path("."), resamples=200)
+    assert "**width 16**: by FID-400: **paper's direction holds here** (-19.00 [" in text
+    assert (
+        "**width 64**: by FID-400: **fails here**" in text
+        and "**width 32**: by FID-400: **cannot tell**" in text
+    )
+    assert "plateau: yes" in text and "Rule: at the largest stage-1 budget" in text
+    assert "excludes an improvement of more than 5%" in text
+
+
 def test_figures_are_written_from_real_rows(tmp_path):
     rows = _rows(tmp_path)
     paths = plot_all(rows, tmp_path / "images")
-    assert [p.name for p in paths] == ["gfid_vs_compute.png", "probe_vs_gfid.png", "rfid_vs_gfid.png"]
+    assert [p.name for p in paths] == [
+        "gfid_vs_compute.png",
+        "domain_fd_vs_compute.png",
+        "rfid_vs_compute.png",
+        "probe_vs_gfid.png",
+        "zero_shot_vs_gfid.png",
+        "rfid_vs_gfid.png",
+    ]
     for path in paths:
         with Image.open(path) as image:
             assert image.size[0] > 400 and image.size[1] > 300
     # A figure without a usable point is left out rather than drawn empty.
     no_rfid = [{k: v for k, v in r.items() if k != "rfid"} for r in rows]
-    assert [p.name for p in plot_all(no_rfid, tmp_path / "partial")] == [
-        "gfid_vs_compute.png",
-        "probe_vs_gfid.png",
+    assert "rfid_vs_gfid.png" not in [p.name for p in plot_all(no_rfid, tmp_path / "partial")]
+    # Two widths: a panel each, error bars, the floor; and the stage-2 curve.
+    wide = [
+        _synthetic(w, o, s, 60.0 - s / 20 + w / 8, 3.0, 40.0 - s / 20, gfid_floor=45.7)
+        for w in (16, 64)
+        for o in ("AE", "CLIP+SSL+AE")
+        for s in (100, 400)
     ]
+    curve = [
+        {"stage2_steps": n, "gfid": 80.0 - n / 100, "gfid_low": 75.0 - n / 100, "gfid_high": 85 - n / 100}
+        for n in (200, 400, 800)
+    ]
+    made = {p.name: p for p in plot_all(wide, tmp_path / "wide", curve=curve, curve_point="vtp-w16-400")}
+    assert "gfid_vs_stage2_steps.png" in made
+    with Image.open(made["gfid_vs_compute.png"]) as two, Image.open(paths[0]) as one:
+        assert two.size[0] > one.size[0] * 1.5  # two panels side by side
 
 
 def test_pearson():
@@ -226,24 +482,40 @@ def test_pearson():
 
 @pytest.mark.usefixtures("fashion_mnist")
 def test_a_finished_point_is_reused_only_with_the_same_configs(tmp_path):
-    cfg = _study(f"run.out_dir={tmp_path}", "steps=[100]", "stage1.overrides=[data.batch_size=16]")
+    cfg = _study(
+        f"run.out_dir={tmp_path}",
+        "steps=[100]",
+        "stage1.overrides=[data.batch_size=16]",
+        "stage2_curve.point=''",
+    )
     point = plan_points(cfg)[0]
-    configs = {c.step: c.build() for c in step_calls(cfg, point)}
+    configs = {c.name: c.build() for c in step_calls(cfg, point)}
     point_dir = tmp_path / "scaling" / point.name
     _write_eval(point_dir, gfid=90.0, probe=0.5, with_zero_shot=False)
+    for seed in (0, 1):
+        _write_seed_eval(point_dir / f"seed{seed}", 90.0 + seed, 1.0, 5.0)
     flops = pretraining_step_flops(configs["stage1"])
-    record = record_point(point, point_dir, configs, flops, {"total": 1.0})
+    record = record_point(point, point_dir, configs, flops, {"total": 1.0}, cfg)
     plain = json.loads(json.dumps(record["configs"]))
-    assert finished_record(point_dir, plain)["row"]["gfid"] == 90.0
-    plain["stage2"]["trainer"]["max_steps"] += 1
-    with pytest.raises(ConfigError, match=r"other settings \(stage2.trainer.max_steps"):
-        finished_record(point_dir, plain)
+    assert finished_record(point_dir, plain)["row"]["gfid"] == 90.5
+    changed = json.loads(json.dumps(plain))
+    changed["stage2/seed1"]["trainer"]["max_steps"] += 1
+    with pytest.raises(ConfigError, match=r"other settings \(stage2/seed1.trainer.max_steps"):
+        finished_record(point_dir, changed)
+    # Another seed list is another study too.
+    fewer = {k: v for k, v in plain.items() if not k.endswith("seed1")}
+    with pytest.raises(ConfigError, match="other settings"):
+        finished_record(point_dir, fewer)
 
 
 # ----------------------------------------------------------------------------- end to end
 MICRO = """
 presets: [configs/stage1/ae_only.yaml, configs/stage1/vtp.yaml]
 steps: [12]
+widths: []
+width_presets: {}
+stage2_seeds: []
+stage2_curve: {point: "", steps: []}
 stage1:
   overrides: [decoder_finetune.enabled=false, evaluation.reconstruction_images=20, evaluation.zero_shot_images=100,
     trainer.progress_bar=false, data.batch_size=16]
@@ -296,4 +568,57 @@ def test_make_scaling_micro_study_end_to_end_and_resume(tmp_path):
     again = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("done earlier") == 2 and "GFLOPs per stage-1 step" not in again.stdout
+    assert read_csv(root / "scaling.csv") == rows
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("fashion_mnist")
+def test_quick_study_end_to_end(tmp_path):
+    """configs/scaling/quick.yaml as shipped (~20 min on 2 cores): widths, seeds, intervals, the verdict,
+    the stage-2 curve and every figure; a rerun trains nothing."""
+    command = [
+        sys.executable,
+        str(REPO / "eval/scaling.py"),
+        "--config",
+        str(REPO / "configs/scaling/quick.yaml"),
+        f"run.out_dir={tmp_path}",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=3600, cwd=REPO)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    root = tmp_path / "scaling_quick"
+    rows = read_csv(root / "scaling.csv")
+    assert [r["point"] for r in rows] == [
+        f"{p}-w{w}-{s}" for w in (16, 64) for p in ("ae_only", "vtp") for s in (20, 40)
+    ]
+    for row in rows:
+        assert row["seeds"] == 2 and row["stage2_steps"] == 60 and row["width"] in (16, 64)
+        for column in ("gfid", "gfid_low", "gfid_high", "domain_fd", "domain_fd_low", "rfid", "linear_probe"):
+            assert row[column] is not None and math.isfinite(row[column]), (row["point"], column)
+        assert row["gfid_low"] <= row["gfid"] <= row["gfid_high"]
+        assert row["gfid_label"] == "FID-50" and row["domain_fd_label"] == "FD-judge-200"
+        assert len(row["gfid_per_seed"].split(";")) == 2
+    # Wider latents: more channels per token, the same stage-1 FLOPs up to the bottleneck's projections.
+    assert rows[4]["tokenizer_gflops"] != rows[0]["tokenizer_gflops"]
+    point = root / "vtp-w64-40"
+    assert (point / "eval" / "metrics.json").is_file() and (
+        point / "seed1" / "eval" / "metrics.json"
+    ).is_file()
+    summary = (root / "summary.md").read_text()
+    assert "## Verdict" in summary and "**width 16**" in summary and "**width 64**" in summary
+    assert "## Stage-2 curve of vtp-w16-40" in summary
+    for name in (
+        "gfid_vs_compute",
+        "domain_fd_vs_compute",
+        "rfid_vs_compute",
+        "probe_vs_gfid",
+        "zero_shot_vs_gfid",
+        "rfid_vs_gfid",
+        "gfid_vs_stage2_steps",
+    ):
+        assert (root / "images" / f"{name}.png").is_file(), name
+    curve = json.loads((root / "vtp-w16-40" / "curve" / "curve.json").read_text())["rows"]
+    assert [r["stage2_steps"] for r in curve] == [30, 60]
+    again = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("done earlier") == 8 and "training to step" not in again.stdout
     assert read_csv(root / "scaling.csv") == rows

@@ -43,6 +43,7 @@ EXERCISED_BY = {
     "stage2/tiny.yaml": "test_embedded_default_chain_runs_as_shipped",
     "stage2/sample_tiny.yaml": "test_embedded_default_chain_runs_as_shipped",
     "scaling/tiny.yaml": "test_scaling_studies_plan_every_step",
+    "scaling/quick.yaml": "test_scaling_studies_plan_every_step (run: test_scaling.py::test_quick_study_end_to_end)",
     "scaling/paper.yaml": "test_scaling_studies_plan_every_step",
     "stage1/ae_only.yaml": "test_objective_presets_take_steps",
     "stage1/clip_ae.yaml": "test_objective_presets_take_steps",
@@ -265,23 +266,36 @@ def test_embedded_default_evaluation(tiny_chain):
 
 
 # ------------------------------------------------------------------------------ scaling studies
-@pytest.mark.parametrize("recipe", ["scaling/tiny.yaml", "scaling/paper.yaml"])
+@pytest.mark.parametrize("recipe", ["scaling/tiny.yaml", "scaling/quick.yaml", "scaling/paper.yaml"])
 def test_scaling_studies_plan_every_step(recipe, tmp_path):
-    """Every point's four step configs resolve against their schemas (the steps are the recipes tested here).
+    """Every point's step configs resolve against their schemas (the steps are the recipes tested here),
+    and so do the stage-2 curve's.
 
-    Running a point is tests/test_scaling.py's slow micro study; the paper study is cluster jobs
-    (``execute: false``) whose commands are what this plans.
+    Running a study is tests/test_scaling.py's slow micro and quick studies; the paper study is cluster
+    jobs (``execute: false``) whose commands are what this plans.
     """
-    from vtp_gen.pipeline.scaling.run import plan_points, step_calls
+    from vtp_gen.pipeline.scaling.run import curve_calls, plan_points, stage2_seeds, step_calls
 
     cfg = configure("scaling", [recipe], None, [f"run.out_dir={tmp_path}"])
     points = plan_points(cfg)
-    assert len(points) == len(cfg.presets) * len(cfg.steps)
+    per_width = [
+        len(cfg.width_presets[w]) if w in cfg.width_presets else len(cfg.presets)
+        for w in (cfg.widths or [None])
+    ]
+    assert len(points) == sum(per_width) * len(cfg.steps)
+    seeds = len(stage2_seeds(cfg))
     for point in points:
         calls = step_calls(cfg, point)
-        assert [c.step for c in calls] == ["stage1", "cache", "stage2", "eval"]
+        assert [c.step for c in calls][:2] == ["stage1", "cache"]
+        assert [c.step for c in calls].count("stage2") == seeds
+        assert [c.step for c in calls].count("eval") == seeds + (1 if cfg.stage2_seeds else 0)
         for call in calls:
             assert call.build() is not None and call.command()
+    if cfg.stage2_curve.point:
+        point = next(p for p in points if p.name == cfg.stage2_curve.point)
+        for group in curve_calls(cfg, point).values():
+            for call in group:
+                assert call.build() is not None and call.command()
 
 
 # ------------------------------------------------------------------------------ stage-1 variants (slow)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from vtp_gen.metrics.features import extract_features, network_device
-from vtp_gen.metrics.generation import FeatureStatistics, frechet_distance
+from vtp_gen.metrics.generation import fid_from_features
 from vtp_gen.metrics.images import as_uint8_nchw
 
 
@@ -133,8 +133,5 @@ class ReconstructionMetrics:
                 original = self.reference_features[: self.num_images]
             else:
                 original = np.concatenate(self._features_original)
-            result["rfid"] = frechet_distance(
-                FeatureStatistics.from_features(original),
-                FeatureStatistics.from_features(np.concatenate(self._features_reconstruction)),
-            )
+            result["rfid"] = fid_from_features(original, np.concatenate(self._features_reconstruction))
         return result

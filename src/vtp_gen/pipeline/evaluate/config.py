@@ -46,6 +46,10 @@ class DomainEvalConfig:
     """
 
     enabled: bool = False
+    # Samples the domain metric scores: 0 = generation.num_samples. More than that makes the eval
+    # sample that many (the judge is cheap) while FID/KID/precision/recall keep the first
+    # generation.num_samples (the Inception is the expensive part on a CPU).
+    num_samples: int = 0
     # The judge's weights: "" = $VTP_GEN_CACHE/domain/judge-<epochs>ep-<images>.safetensors, trained
     # there when missing (with cache_reference=false: in the eval folder).
     judge: str = ""

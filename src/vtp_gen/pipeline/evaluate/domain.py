@@ -42,6 +42,11 @@ class DomainPart:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
+def domain_num_samples(cfg: DictConfig) -> int:
+    """N of the domain metric: ``generation.domain.num_samples``, 0 = ``generation.num_samples``."""
+    return cfg.generation.domain.num_samples or cfg.generation.num_samples
+
+
 def judge_path(cfg: DictConfig, folder: Path) -> Path:
     dom = cfg.generation.domain
     if dom.judge:
@@ -130,7 +135,7 @@ def evaluate_domain_part(
     pool, _ = reference_features(cfg, judge, "train", dom.floor_pool)
     part.seconds["domain_reference"] = time.time() - started
     started = time.time()
-    n = cfg.generation.num_samples
+    n = domain_num_samples(cfg)
     pixels, targets = sample_pixels(samples, n), sample_labels(samples, n)
     result = evaluate_domain(
         pixels,
@@ -149,6 +154,7 @@ def evaluate_domain_part(
     part.seconds["domain_metrics"] = time.time() - started
     judged = dataclasses.replace(
         protocol,
+        num_samples=result.num_samples,
         reference=f"Fashion-MNIST {cfg.data.split}",
         num_reference=result.num_reference,
         features=JUDGE_FEATURES,

@@ -86,7 +86,7 @@ from vtp_gen.metrics.tokenizer import (
     uint8_nchw,
     zero_shot_classes,
 )
-from vtp_gen.pipeline.evaluate.domain import evaluate_domain_part
+from vtp_gen.pipeline.evaluate.domain import domain_num_samples, evaluate_domain_part
 from vtp_gen.pipeline.run_dir import run_root
 from vtp_gen.pipeline.sample import run as sample_run
 from vtp_gen.pipeline.sample.run import load_any_generator
@@ -334,6 +334,12 @@ def describe_generator(ctx: EvalContext, generator: Path | None) -> str:
     return generator_label(name, epochs=epochs, steps=step)
 
 
+def samples_needed(cfg: DictConfig) -> int:
+    """Samples the generation part scores: FID & co. take the first num_samples, the domain metric its own N."""
+    gen = cfg.generation
+    return max(gen.num_samples, domain_num_samples(cfg)) if gen.domain.enabled else gen.num_samples
+
+
 def ensure_samples(ctx: EvalContext, generator: Path, sampling: dict) -> Path:
     """A folder with num_samples PNGs from ``generator``, made with the sampling library when missing.
 
@@ -353,7 +359,7 @@ def ensure_samples(ctx: EvalContext, generator: Path, sampling: dict) -> Path:
     sample_cfg.tokenizer = str(ctx.tokenizer_path) if ctx.tokenizer_path else ""
     sample_cfg.latent_stats = gen.latent_stats
     sample_cfg.out_dir = str(ctx.folder / "samples" / tag)
-    sample_cfg.num_samples = gen.num_samples
+    sample_cfg.num_samples = samples_needed(ctx.cfg)
     sample_cfg.labels = gen.labels
     sample_cfg.batch_size = gen.sample_batch_size
     sample_cfg.sampling = OmegaConf.merge(sample_cfg.sampling, sampling)
@@ -390,10 +396,11 @@ def evaluate_generation_part(ctx: EvalContext) -> None:
         if samples.is_dir() and (samples / "images").is_dir():
             samples = samples / "images"  # a `make sample` folder: its PNGs (not grid.png beside them)
     available = count_images(samples)
-    if available is not None and available < gen.num_samples:
-        raise ValueError(
-            f"{samples} holds {available} images, fewer than generation.num_samples={gen.num_samples}"
-        )
+    if available is not None and available < samples_needed(ctx.cfg):
+        wanted = f"generation.num_samples={gen.num_samples}"
+        if samples_needed(ctx.cfg) > gen.num_samples:
+            wanted = f"generation.domain.num_samples={gen.domain.num_samples}"
+        raise ValueError(f"{samples} holds {available} images, fewer than {wanted}")
     metrics = [m for m in gen.metrics]
     reference = evaluation_reference(ctx, need_features=bool({"kid", "precision_recall"} & set(metrics)))
     started = time.time()
@@ -481,7 +488,7 @@ def fid_record(result: dict, protocol: Protocol, resamples: int, seed: int) -> M
     """
     if resamples <= 0:
         return MetricRecord("gfid", result["fid"], protocol)
-    distance = FrechetToReference(result["reference_statistics"])
+    distance = FrechetToReference(result["reference_statistics"], result.get("reference_features"))
     interval = frechet_interval(result["sample_features"], distance, resamples, seed)
     shift = result["fid"] - interval.value  # the sqrtm route's value; the two agree to rounding
     return MetricRecord(

@@ -1,13 +1,15 @@
 """Schema of ``vtp-gen scaling`` / ``make scaling``.
 
-A study is a grid of points (objective preset x stage-1 steps). Every point is
-an ordinary run under ``runs/<run.name>/<preset>-<steps>/`` made by the usual
-steps (stage1, cache, stage2, eval), each configured exactly as its own
-command would be: recipe files layered left to right, an optional data recipe,
-then ``key=value`` overrides. Only the preset recipe, the stage-1 step count
-and the run folder change from point to point; everything else (the stage-2
-recipe, the evaluation protocol, the seed) is shared, which is what makes the
-points comparable.
+A study is a grid of points (bottleneck width x objective preset x stage-1
+steps). Every point is an ordinary run under
+``runs/<run.name>/<preset>[-w<width>]-<steps>/`` made by the usual steps
+(stage1, cache, stage2, eval), each configured exactly as its own command would
+be: recipe files layered left to right, an optional data recipe, then
+``key=value`` overrides. Only the preset recipe, the bottleneck width, the
+stage-1 step count and the run folder change from point to point; everything
+else (the stage-2 recipe, the evaluation protocol, the seeds) is shared, which
+is what makes the points comparable. With ``stage2_seeds``, each point trains
+and evaluates its generator once per seed on the same tokenizer and cache.
 """
 
 from __future__ import annotations
@@ -29,6 +31,16 @@ class StepRecipe:
 
 
 @dataclass
+class Stage2CurveConfig:
+    # One point's generator evaluated at several stage-2 step counts, to show its gFID has flattened
+    # (images/gfid_vs_stage2_steps.png). "" = no curve. The point's stage-2 recipe is trained once
+    # more in <point>/curve/ with the first stage-2 seed, resumed from step to step, and each step's
+    # generator is evaluated as the seeds' are (generation metrics only).
+    point: str = ""
+    steps: list[int] = field(default_factory=list)
+
+
+@dataclass
 class ScalingConfig:
     # The study's folder is runs/<run.name>/ (out_dir/name): one sub-run per point, plus
     # scaling.csv and images/. run.seed is every point's seed.
@@ -46,6 +58,25 @@ class ScalingConfig:
     # Stage-1 pre-training steps (the compute budgets); each budget is its own run with its own
     # full learning-rate schedule.
     steps: list[int] = field(default_factory=lambda: [100, 200, 400])
+    # Bottleneck widths (latent channels per token), each its own set of tokenizers; [] = the recipe's
+    # own width, and point names without a width ("vtp-200"); otherwise "vtp-w16-200".
+    widths: list[int] = field(default_factory=list)
+    # The stage-1 key the width sets (vtp-tiny: 16 by default; VTP-S/B/L: 64).
+    width_key: str = "model.overrides.vision_feature_bottleneck"
+    # Presets run at a width, by file stem ({64: [ae_only, vtp]}); a width not listed runs every preset.
+    width_presets: dict[int, list[str]] = field(default_factory=dict)
+    # Stage-2 seeds: each point trains stage 2 and evaluates generation once per seed on the same
+    # tokenizer and cache (<point>/seed<k>/stage2, eval), and the row reports the mean over seeds
+    # with a 95 % interval from the bootstrap over samples and the seed spread
+    # (vtp_gen.metrics.intervals.combine_seeds); the tokenizer's own metrics (rFID, probe, zero-shot)
+    # are measured once in <point>/eval. [] = one stage-2 run with run.seed in <point>/stage2.
+    stage2_seeds: list[int] = field(default_factory=list)
+    # Real-vs-real Inception FID at N samples against N reference images ({400: 45.7}), measured
+    # outside the study for the data at hand; drawn as the floor in the gFID figures (none = not drawn).
+    gfid_floors: dict[int, float] = field(default_factory=dict)
+    stage2_curve: Stage2CurveConfig = field(default_factory=lambda: Stage2CurveConfig())
+    # Bootstrap resamples of the points for the correlations' intervals in summary.md.
+    correlation_resamples: int = 2000
     # Only these points ("vtp-200", ...); [] = the whole grid. Lets a cluster run points as separate jobs.
     only: list[str] = field(default_factory=list)
     # true: run every unfinished point here, in this process (one device per step).

@@ -1,11 +1,18 @@
 """One row per study point: the point, its tokenizer's training FLOPs, and the evaluation's numbers.
 
 Rows are built from the files the steps leave in the point's run folder
-(``eval/metrics.json``, ``stage1/metrics.json``, ``stage2/train_summary.json``)
-plus the FLOP count, so a row can be rebuilt from any finished run folder, also
-one made by separate jobs on a cluster. ``scaling.csv`` holds them all; the
-protocol labels (``gfid_label`` = "FID-400", ...) travel with the numbers so a
-CSV never passes FID-400 off as FID-10k.
+(``eval/metrics.json``, ``seed<k>/eval/metrics.json``, ``stage1/metrics.json``,
+``stage2/train_summary.json``) plus the FLOP count, so a row can be rebuilt
+from any finished run folder, also one made by separate jobs on a cluster.
+``scaling.csv`` holds them all; the protocol labels (``gfid_label`` =
+"FID-400", ...) travel with the numbers so a CSV never passes FID-400 off as
+FID-10k.
+
+With several stage-2 seeds, every generation metric is the mean over the seeds
+and its ``_low``/``_high`` columns the 95 % interval of that mean from each
+seed's bootstrap interval and the spread between seeds
+(:func:`vtp_gen.metrics.intervals.combine_seeds`); ``<metric>_per_seed`` lists
+the seeds' own values.
 """
 
 from __future__ import annotations
@@ -13,10 +20,11 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
+from vtp_gen.metrics.intervals import Interval, combine_seeds
 from vtp_gen.metrics.report import read_metrics_json
-from vtp_gen.pipeline.scaling.plots import pearson
 from vtp_gen.utils.atomic import atomic_output
 
 # Eval metric -> CSV column; percentages (stored as fractions in metrics.json) become percent here.
@@ -37,17 +45,25 @@ METRIC_COLUMNS = {
 }
 PERCENT_METRICS = {"linear_probe_bottleneck", "linear_probe", "zero_shot_top1", "label_agreement"}
 LABELLED_METRICS = ("gfid", "rfid", "linear_probe_bottleneck", "domain_fd")
-# Metrics recorded with a 95 % interval and a real-vs-real floor: both travel with the number,
-# so a CSV row tells whether two points differ by more than their noise.
-INTERVAL_METRICS = ("domain_fd", "label_agreement")
+# Metrics of the generator (one value per stage-2 seed, combined over seeds) ...
+GENERATION_METRICS = ("gfid", "kid", "precision", "recall", "domain_fd", "label_agreement")
+# ... of which these carry a 95 % interval (a bootstrap over samples, or KID's subset std, and/or
+# the seed spread), and these a real-vs-real floor: so a CSV row tells whether two points differ
+# by more than their noise.
+INTERVAL_METRICS = ("gfid", "kid", "precision", "recall", "domain_fd", "label_agreement")
+FLOOR_METRICS = ("domain_fd", "label_agreement")
 INTERVAL_COLUMNS = [
-    f"{METRIC_COLUMNS[m]}_{part}" for m in INTERVAL_METRICS for part in ("low", "high", "floor", "floor_high")
+    *(f"{METRIC_COLUMNS[m]}_{part}" for m in INTERVAL_METRICS for part in ("low", "high")),
+    "gfid_floor",  # from the study's gfid_floors (measured outside make eval), when known for N
+    *(f"{METRIC_COLUMNS[m]}_{part}" for m in FLOOR_METRICS for part in ("floor", "floor_high")),
 ]
+SEED_COLUMNS = ["seeds", "gfid_per_seed", "domain_fd_per_seed"]
 
 COLUMNS = [
     "point",
     "preset",
     "objectives",
+    "width",
     "steps",
     "tokenizer_gflops",
     "gflops_per_step",
@@ -55,6 +71,7 @@ COLUMNS = [
     "trainable_params_m",
     *METRIC_COLUMNS.values(),
     *INTERVAL_COLUMNS,
+    *SEED_COLUMNS,
     "gfid_label",
     "rfid_label",
     "linear_probe_label",
@@ -88,13 +105,79 @@ def eval_values(metrics_json: Path) -> dict:
             continue
         scale = 100 if record.metric in PERCENT_METRICS else 1
         out[column] = record.value * scale
-        if record.interval is not None:
-            out[f"{column}_low"], out[f"{column}_high"] = (v * scale for v in record.interval)
+        interval = record_interval(record)
+        if interval is not None:
+            out[f"{column}_low"], out[f"{column}_high"] = interval.low * scale, interval.high * scale
         if record.floor is not None:
             out[f"{column}_floor"] = record.floor["value"] * scale
             out[f"{column}_floor_high"] = record.floor["high"] * scale
         if record.metric in LABELLED_METRICS:
             out[f"{column}_label"] = record.label
+    return out
+
+
+def record_interval(record) -> Interval | None:
+    """A metric record's 95 % interval (in the record's own units), with its standard error when known.
+
+    A bootstrap interval (``interval``, its details in ``extra.interval``) as recorded; KID's std
+    over subsets as a normal interval; None for a number measured without one.
+    """
+    if record.interval is not None:
+        details = (record.extra or {}).get("interval") or {}
+        return Interval(
+            record.value,
+            float(record.interval[0]),
+            float(record.interval[1]),
+            method=details.get("method", ""),
+            std=details.get("std"),
+            resamples=int(details.get("resamples", 0)),
+        )
+    if record.std is not None:
+        half = NORMAL_95 * record.std
+        return Interval(record.value, record.value - half, record.value + half, method="std", std=record.std)
+    return None
+
+
+NORMAL_95 = 1.959963984540054
+NON_NEGATIVE = ("gfid", "domain_fd")  # distances (KID's unbiased estimate may dip below 0)
+PROPORTIONS = ("precision", "recall", "label_agreement")  # fractions in metrics.json
+
+
+def combined_generation_values(metrics_files: Sequence[Path]) -> dict:
+    """Generation columns of several seeds' ``metrics.json``: mean, 95 % interval, per-seed values.
+
+    Floors and labels come from the first seed (the same protocol at every seed). A metric that one
+    seed lacks is left out rather than averaged over fewer seeds.
+    """
+    per_file = [{r.metric: r for r in read_metrics_json(path)[1]} for path in metrics_files]
+    out: dict = {"seeds": len(per_file)}
+    for metric in GENERATION_METRICS:
+        records = [records.get(metric) for records in per_file]
+        if not records or any(r is None or r.value is None for r in records):
+            continue
+        column, scale = METRIC_COLUMNS[metric], 100 if metric in PERCENT_METRICS else 1
+        intervals = [record_interval(r) for r in records]
+        has_interval = all(i is not None for i in intervals)
+        if not has_interval:  # the seed spread alone (from 2 seeds on)
+            intervals = [Interval(r.value, r.value, r.value, std=0.0) for r in records]
+        combined = combine_seeds(intervals)
+        out[column] = combined.value * scale
+        if has_interval or len(records) > 1:
+            # A t interval from two seeds can reach past what the metric can take: clip it there.
+            low, high = combined.low, combined.high
+            if metric in NON_NEGATIVE:
+                low = max(low, 0.0)
+            if metric in PROPORTIONS:
+                low, high = max(low, 0.0), min(high, 1.0)
+            out[f"{column}_low"], out[f"{column}_high"] = low * scale, high * scale
+        if f"{column}_per_seed" in SEED_COLUMNS:
+            out[f"{column}_per_seed"] = ";".join(f"{r.value * scale:.4g}" for r in records)
+        first = records[0]
+        if first.floor is not None:
+            out[f"{column}_floor"] = first.floor["value"] * scale
+            out[f"{column}_floor_high"] = first.floor["high"] * scale
+        if metric in LABELLED_METRICS:
+            out[f"{column}_label"] = first.label
     return out
 
 
@@ -107,13 +190,22 @@ def build_row(
     batches_per_step: int,
     trainable_parameters: int,
     seconds: dict | None = None,
+    width: int | None = None,
+    seed_dirs: Sequence[Path] | None = None,
+    gfid_floors: dict | None = None,
 ) -> dict:
-    """The CSV row of a finished point from its run folder."""
+    """The CSV row of a finished point from its run folder.
+
+    ``seed_dirs``: the stage-2 seeds' folders (each with ``eval/`` and ``stage2/``); their generation
+    metrics are combined, the tokenizer's come from the point's own ``eval/``. ``gfid_floors``: the
+    real-vs-real FID by N, recorded beside gFID when the row's N is in it.
+    """
     point_dir = Path(point_dir)
     row = {
         "point": point_dir.name,
         "preset": preset,
         "objectives": objectives_label(objectives),
+        "width": width,
         "steps": steps,
         "tokenizer_gflops": gflops_per_step * steps * batches_per_step,
         "gflops_per_step": gflops_per_step,
@@ -121,12 +213,30 @@ def build_row(
         "trainable_params_m": trainable_parameters / 1e6,
         **eval_values(point_dir / "eval" / "metrics.json"),
     }
-    summary = point_dir / "stage2" / "train_summary.json"
+    stage2_dirs = [point_dir]
+    if seed_dirs:
+        row.update(combined_generation_values([Path(d) / "eval" / "metrics.json" for d in seed_dirs]))
+        stage2_dirs = [Path(d) for d in seed_dirs]
+    summary = stage2_dirs[0] / "stage2" / "train_summary.json"
     if summary.is_file():
         row["stage2_steps"] = json.loads(summary.read_text()).get("step")
+    floor = (gfid_floors or {}).get(fid_samples(row.get("gfid_label")))
+    if floor is not None and row.get("gfid") is not None:
+        row["gfid_floor"] = float(floor)
     for key, value in (seconds or {}).items():
         row[f"seconds_{key}"] = value
     return row
+
+
+def fid_samples(label: str | None) -> int | None:
+    """N of a 'FID-400' / 'FID-10k' label."""
+    if not label or "-" not in label:
+        return None
+    count = label.rsplit("-", 1)[1]
+    try:
+        return int(count[:-1]) * 1000 if count.endswith("k") else int(count)
+    except ValueError:
+        return None
 
 
 def _format(value) -> str:
@@ -156,7 +266,7 @@ def read_csv(path: Path) -> list[dict]:
             for key, text in raw.items():
                 if text == "":
                     row[key] = None
-                elif key in ("steps", "stage2_steps", "batches_per_step"):
+                elif key in ("steps", "stage2_steps", "batches_per_step", "width", "seeds"):
                     row[key] = int(float(text))
                 else:
                     try:
@@ -165,72 +275,3 @@ def read_csv(path: Path) -> list[dict]:
                         row[key] = text
             rows.append(row)
     return rows
-
-
-def _cell(value, digits: int = 2) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}" if abs(value) < 1e5 else f"{value:.3g}"
-    return str(value)
-
-
-def summary_markdown(rows: list[dict], images: list[Path], root: Path) -> str:
-    """The rows as a Markdown table, the gFID trend of each preset over its budgets, and the
-    correlations the paper's claim is about (probe vs gFID, rFID vs gFID)."""
-
-    gfid_label = next((r["gfid_label"] for r in rows if r.get("gfid_label")), "gFID")
-    rfid_label = next((r["rfid_label"] for r in rows if r.get("rfid_label")), "rFID")
-    lines = [
-        "# Scaling study",
-        "",
-        f"{len(rows)} points. {gfid_label} and {rfid_label} as labelled (sample counts included);",
-        "probe = linear probe on the 64-d bottleneck features (the paper's scaling-plot protocol), top-1 %.",
-        "",
-        f"| point | objectives | stage-1 steps | tokenizer GFLOPs | {rfid_label} | PSNR | probe | zero-shot | "
-        f"{gfid_label} | minutes |",
-        "| --- | --- | --: | --: | --: | --: | --: | --: | --: | --: |",
-    ]
-    for r in rows:
-        minutes = r.get("seconds_total")
-        lines.append(
-            f"| {r['point']} | {r.get('objectives', '')} | {r['steps']} | {_cell(r.get('tokenizer_gflops'), 0)} | "
-            f"{_cell(r.get('rfid'))} | {_cell(r.get('psnr'))} | {_cell(r.get('linear_probe'), 1)} | "
-            f"{_cell(r.get('zero_shot_top1'), 1)} | {_cell(r.get('gfid'))} | "
-            f"{_cell(minutes / 60 if isinstance(minutes, (int, float)) else None, 1)} |"
-        )
-    lines += ["", "## gFID from the smallest to the largest budget, per preset", ""]
-    groups: dict[str, list[dict]] = {}
-    for r in rows:
-        if isinstance(r.get("gfid"), (int, float)):
-            groups.setdefault(r["preset"], []).append(r)
-    for preset, group in groups.items():
-        group.sort(key=lambda r: r["steps"])
-        first, last = group[0], group[-1]
-        if len(group) < 2:
-            continue  # one budget: no trend to state
-        change = last["gfid"] - first["gfid"]
-        lines.append(
-            f"- {preset} ({first.get('objectives', '')}): {first['gfid']:.2f} at {first['steps']} steps -> "
-            f"{last['gfid']:.2f} at {last['steps']} steps ({change:+.2f})"
-        )
-    lines += ["", "## Correlation with gFID over all points (Pearson r)", ""]
-    for column, name in (
-        ("linear_probe", "linear probe"),
-        ("rfid", rfid_label),
-        ("zero_shot_top1", "zero-shot"),
-    ):
-        usable = [
-            r
-            for r in rows
-            if isinstance(r.get(column), (int, float)) and isinstance(r.get("gfid"), (int, float))
-        ]
-        r_value = pearson([r[column] for r in usable], [r["gfid"] for r in usable])
-        shown = f"{r_value:+.2f}" if r_value is not None else "n/a (fewer than 3 points)"
-        lines.append(
-            f"- {name} vs {gfid_label}: {shown} ({len(usable)} point{'s' if len(usable) != 1 else ''})"
-        )
-    if images:
-        lines += [""]
-        lines += [f"![{p.stem}]({p.relative_to(root).as_posix()})" for p in images]
-    return "\n".join(lines) + "\n"
