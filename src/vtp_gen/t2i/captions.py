@@ -45,9 +45,10 @@ def cache_fingerprint(folder: Path) -> str | None:
 
 def dataset_captions(dataset) -> list[list[str]]:
     """Every image's captions, by global index. Datasets with a ``caption(index)`` method answer
-    without decoding images (the embedded Fashion-MNIST); any other reads its items."""
+    without decoding images (the embedded Fashion-MNIST, indexed webdataset shards); any other reads
+    its items. An image without a caption gets none."""
     if hasattr(dataset, "caption"):
-        return [[dataset.caption(i)] for i in range(len(dataset))]
+        return [[c] if (c := dataset.caption(i)) else [] for i in range(len(dataset))]
     out = []
     for i in range(len(dataset)):
         item = dataset[i]

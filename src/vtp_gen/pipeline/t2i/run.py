@@ -21,7 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from vtp_gen import load_tokenizer
 from vtp_gen.config import ConfigError
-from vtp_gen.data.build import build_dataset
+from vtp_gen.data.build import build_map_dataset
+from vtp_gen.data.webdataset_index import INDEX_FILE as WEBDATASET_INDEX_FILE
 from vtp_gen.latents.dataset import LatentDataset
 from vtp_gen.latents.manifest import dataset_fingerprint
 from vtp_gen.models.registry import create_model
@@ -71,7 +72,7 @@ def ensure_captions(cfg: DictConfig, cache: Path) -> Path:
     if not cfg.text.write_captions:
         raise FileNotFoundError(f"{path} not found and text.write_captions=false")
 
-    dataset = build_dataset(cfg.data, with_captions=True)
+    dataset = build_map_dataset(cfg.data, with_captions=True, index_file=cache / WEBDATASET_INDEX_FILE)
     log.info(f"writing the captions of {len(dataset)} images -> {path}")
     return write_captions(cache, dataset_captions(dataset), dataset_fingerprint(dataset))
 
