@@ -88,8 +88,7 @@ def test_name_variant_captions_are_written_and_follow_the_recipe(tmp_path, fashi
     from vtp_gen.pipeline.t2i.run import ensure_captions
 
     dataset = FashionMNIST(split="train", max_samples=60)
-    varied = load_config(T2IConfig, T2I_RECIPE, ["data.max_samples=60"])
-    assert varied.text.name_variants  # the tiny recipe names garments the ways people do
+    varied = load_config(T2IConfig, T2I_RECIPE, ["data.max_samples=60", "text.name_variants=true"])
     record = json.loads(ensure_captions(varied, tmp_path).read_text())
     assert record["made_from"] == "labels+name_variants"
     rows = [[record["captions"][c] for c in ids] for ids in record["per_image"]]
@@ -98,8 +97,8 @@ def test_name_variant_captions_are_written_and_follow_the_recipe(tmp_path, fashi
         assert len(row) == 2 and row[0] == dataset.caption(i)
         assert any(f" {v}" in f" {row[1]}" for v, _ in NAME_VARIANTS[name]), row
     assert any("trousers" in row[1] for row in rows)
-    # The recipe without variants rewrites a file vtp_gen made from labels ...
-    plain = load_config(T2IConfig, T2I_RECIPE, ["data.max_samples=60", "text.name_variants=false"])
+    # The recipe without variants (its default) rewrites a file vtp_gen made from labels ...
+    plain = load_config(T2IConfig, T2I_RECIPE, ["data.max_samples=60"])
     record = json.loads(ensure_captions(plain, tmp_path).read_text())
     assert record["made_from"] == "labels" and all(len(ids) == 1 for ids in record["per_image"])
     # ... but never one written by hand.
