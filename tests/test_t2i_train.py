@@ -82,6 +82,30 @@ def test_a_stale_captions_file_is_refused(tmp_path):
         CacheCaptions.load(cache, LatentDataset(cache, flip_prob=0).files)
 
 
+def test_name_variant_captions_are_written_and_follow_the_recipe(tmp_path, fashion_mnist):
+    from vtp_gen.data.captions import NAME_VARIANTS
+    from vtp_gen.data.fashion_mnist import FashionMNIST
+    from vtp_gen.pipeline.t2i.run import ensure_captions
+
+    dataset = FashionMNIST(split="train", max_samples=60)
+    varied = load_config(T2IConfig, T2I_RECIPE, ["data.max_samples=60", "text.name_variants=true"])
+    record = json.loads(ensure_captions(varied, tmp_path).read_text())
+    assert record["made_from"] == "labels+name_variants"
+    rows = [[record["captions"][c] for c in ids] for ids in record["per_image"]]
+    for i, row in enumerate(rows):
+        name = dataset.class_name(i)
+        assert len(row) == 2 and row[0] == dataset.caption(i)
+        assert any(f" {v}" in f" {row[1]}" for v, _ in NAME_VARIANTS[name]), row
+    assert any("trousers" in row[1] for row in rows)
+    # The recipe without variants (its default) rewrites a file vtp_gen made from labels ...
+    plain = load_config(T2IConfig, T2I_RECIPE, ["data.max_samples=60"])
+    record = json.loads(ensure_captions(plain, tmp_path).read_text())
+    assert record["made_from"] == "labels" and all(len(ids) == 1 for ids in record["per_image"])
+    # ... but never one written by hand.
+    write_captions(tmp_path, [["mine"]] * 60)
+    assert json.loads(ensure_captions(varied, tmp_path).read_text())["captions"] == ["mine"]
+
+
 def test_draw_captions_picks_only_real_choices():
     torch.manual_seed(0)
     choices = torch.tensor([[3, 4], [7, -1]]).repeat(200, 1)
@@ -145,6 +169,43 @@ def test_a_prompt_file_end_to_end(trained, tmp_path):
     assert (result.folder / "prompts.txt").read_text() == "a circle\nthe dot pattern\n"
     # A rerun has nothing left to make.
     assert sample_run(cfg).written == 0
+
+
+@pytest.mark.distributed
+def test_two_ranks_sample_what_one_process_samples(trained, tmp_path):
+    """``devices=2``: each gloo CPU rank makes its own blocks of the prompt samples; the PNGs, the .npz
+    and the grid are those of one process, byte for byte."""
+    import os
+    import subprocess
+    import sys
+
+    out, _, _ = trained
+    common = [
+        f"run.out_dir={out}",
+        "run.name=straight",
+        "prompts=[a circle,the dot pattern,a stripe]",
+        "per_prompt=2",
+        "batch_size=4",  # 6 samples: blocks 0-3 (rank 0) and 4-7 (rank 1; 6 and 7 only fill the batch)
+        "sampling.steps=3",
+        "progress_bar=false",
+    ]
+    recipe = REPO_ROOT / "configs" / "stage2" / "sample_t2i_tiny.yaml"
+    one = sample_run(load_config(T2ISampleConfig, recipe, [*common, f"out_dir={tmp_path / 'one'}"]))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    two = tmp_path / "two"
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "stage2" / "sample.py"), "--config", str(recipe), *common]
+        + [f"out_dir={two}", "devices=2", "strategy=ddp"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    for name in [f"images/{i:06d}.png" for i in range(6)] + ["samples.npz", "grid.png", "prompts.txt"]:
+        assert (two / name).read_bytes() == (one.folder / name).read_bytes(), name
+    assert not (two / "images" / "000006.png").exists()
 
 
 def _evaluate(out, *extra):

@@ -10,6 +10,7 @@ from vtp_gen.data.decode import collate_samples
 from vtp_gen.data.fashion_mnist import FashionMNIST
 from vtp_gen.data.image_folder import LabelledImageFolder
 from vtp_gen.data.webdataset import ImageTextShards
+from vtp_gen.data.webdataset_index import IndexedImageTextShards
 
 SOURCES = ("fashion_mnist", "image_folder", "webdataset")
 
@@ -38,6 +39,24 @@ def build_dataset(
             max_pixels=cfg.max_image_pixels,
         )
     raise ValueError(f"unknown data.source {cfg.source!r}; choose one of {', '.join(SOURCES)}")
+
+
+def build_map_dataset(
+    cfg: DataConfig, transform=None, with_captions: bool = False, index_file=None
+) -> Dataset:
+    """The dataset of ``cfg`` with a stable global index (what latent caching needs): webdataset
+    shards are indexed for random access (:mod:`vtp_gen.data.webdataset_index`, the index recorded
+    in ``index_file``); the other sources are map-style already."""
+    if cfg.source == "webdataset":
+        return IndexedImageTextShards(
+            cfg.shards,
+            transform,
+            require_caption=True,
+            max_samples=cfg.max_samples,
+            max_pixels=cfg.max_image_pixels,
+            index_file=index_file,
+        )
+    return build_dataset(cfg, transform, with_captions)
 
 
 def build_dataloader(

@@ -123,6 +123,10 @@ class FashionMNIST(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
+    def class_name(self, index: int) -> str:
+        """The readable class name of item ``index``, without reading its image."""
+        return CLASS_NAMES[int(self.labels[index])]
+
     def caption(self, index: int) -> str:
         """The caption of item ``index``, without decoding its image."""
         return caption_for(CLASS_NAMES[int(self.labels[index])], index)

@@ -68,6 +68,10 @@ class LabelledImageFolder(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
+    def class_name(self, index: int) -> str:
+        """The readable class name of item ``index``, without reading its image."""
+        return self.class_names[self.files[index][1]]
+
     def caption(self, index: int) -> str:
         """The caption of item ``index``, without reading its image."""
         return caption_for(self.class_names[self.files[index][1]], index)

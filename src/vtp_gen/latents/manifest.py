@@ -113,7 +113,10 @@ def dataset_fingerprint(dataset) -> str:
     digest.update(str(len(dataset)).encode())
     images, labels = getattr(dataset, "images", None), getattr(dataset, "labels", None)
     files = getattr(dataset, "files", None)
-    if isinstance(images, np.ndarray) and isinstance(labels, np.ndarray):
+    if hasattr(dataset, "fingerprint_lines"):  # webdataset shards indexed for caching
+        for line in dataset.fingerprint_lines():
+            digest.update(line.encode())
+    elif isinstance(images, np.ndarray) and isinstance(labels, np.ndarray):
         digest.update(str(images.shape).encode())
         digest.update(np.ascontiguousarray(images).tobytes())
         digest.update(np.ascontiguousarray(labels.astype(np.int64)).tobytes())
@@ -126,7 +129,7 @@ def dataset_fingerprint(dataset) -> str:
     else:
         raise TypeError(
             f"cannot fingerprint a {type(dataset).__name__}: latent caching needs a map-style labelled "
-            "dataset (data.source=fashion_mnist or image_folder)"
+            "dataset (data.source=fashion_mnist, image_folder or webdataset)"
         )
     return digest.hexdigest()
 

@@ -86,8 +86,9 @@ def _check_shard(report: VerifyReport, folder: Path, entry: dict, manifest: dict
             f"{entry['file']}: indices are not [{entry['first_index']}, {entry['end_index']}) "
             "minus the skipped images, each once"
         )
-    if tuple(tensors["labels"].shape) != (n,) or (n and int(tensors["labels"].min()) < 0):
-        report.problems.append(f"{entry['file']}: labels must be {n} non-negative class ids")
+    # -1 = no label (webdataset samples without one); anything below is damage.
+    if tuple(tensors["labels"].shape) != (n,) or (n and int(tensors["labels"].min()) < -1):
+        report.problems.append(f"{entry['file']}: labels must be {n} class ids (or -1 = unlabelled)")
     return len(tensors["indices"])
 
 

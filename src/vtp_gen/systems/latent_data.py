@@ -230,4 +230,9 @@ def count_classes(labels: torch.Tensor) -> int:
     """Classes implied by a label tensor: one more than the largest label."""
     if labels.numel() == 0:
         raise ValueError("the cache holds no labels")
+    if int(np.asarray(labels.min())) < 0:
+        raise ValueError(
+            "the cache holds unlabelled images (label -1, e.g. webdataset shards without a json label): "
+            "a class-conditional generator needs labels; train a text-to-image recipe on it instead"
+        )
     return int(np.asarray(labels.max())) + 1

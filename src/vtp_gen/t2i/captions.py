@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from vtp_gen.data.captions import variant_caption
 from vtp_gen.latents.manifest import read_manifest
 from vtp_gen.utils.atomic import write_json_atomic
 
@@ -43,11 +44,22 @@ def cache_fingerprint(folder: Path) -> str | None:
     return None if manifest is None else manifest.get("dataset", {}).get("fingerprint")
 
 
-def dataset_captions(dataset) -> list[list[str]]:
+def dataset_captions(dataset, name_variants: bool = False) -> list[list[str]]:
     """Every image's captions, by global index. Datasets with a ``caption(index)`` method answer
-    without decoding images (the embedded Fashion-MNIST); any other reads its items."""
+    without decoding images (the embedded Fashion-MNIST, indexed webdataset shards); any other reads
+    its items. An image without a caption gets none.
+
+    ``name_variants``: labelled sets (those with ``class_name(index)``) give each image a second
+    caption naming its class by another name, the plural or a synonym
+    (:func:`vtp_gen.data.captions.variant_caption`); training draws one of the two each step.
+    """
     if hasattr(dataset, "caption"):
-        return [[dataset.caption(i)] for i in range(len(dataset))]
+        out = [[c] if (c := dataset.caption(i)) else [] for i in range(len(dataset))]
+        if name_variants and hasattr(dataset, "class_name"):
+            for i, captions in enumerate(out):
+                if captions and (variant := variant_caption(dataset.class_name(i), i)):
+                    captions.append(variant)
+        return out
     out = []
     for i in range(len(dataset)):
         item = dataset[i]
@@ -57,12 +69,17 @@ def dataset_captions(dataset) -> list[list[str]]:
 
 
 def write_captions(
-    folder: str | Path, captions: Sequence[Sequence[str]], dataset_fingerprint: str | None = None
+    folder: str | Path,
+    captions: Sequence[Sequence[str]],
+    dataset_fingerprint: str | None = None,
+    made_from: str | None = None,
 ) -> Path:
     """Write ``captions.json`` for the cache in ``folder`` (captions[i]: the captions of global index i).
 
     ``dataset_fingerprint``: that of the dataset the captions come from; refused when the cache's
-    manifest names another dataset.
+    manifest names another dataset. ``made_from``: how vtp_gen made them (e.g. ``"labels"``),
+    recorded so that a recipe asking for another caption set rewrites the file; files without it
+    (written by you) are never rewritten.
     """
     folder = Path(folder)
     expected = cache_fingerprint(folder)
@@ -81,6 +98,8 @@ def write_captions(
         "captions": list(ids),
         "per_image": per_image,
     }
+    if made_from is not None:
+        record["made_from"] = made_from
     path = folder / CAPTIONS_FILE
     write_json_atomic(path, record)
     return path
@@ -140,3 +159,11 @@ class CacheCaptions:
 
     def __len__(self) -> int:
         return self.choices.shape[0]
+
+
+def captions_made_from(folder: str | Path) -> str | None:
+    """The ``made_from`` of the cache's ``captions.json`` (None: absent, unreadable, or written by hand)."""
+    try:
+        return json.loads((Path(folder) / CAPTIONS_FILE).read_text()).get("made_from")
+    except (OSError, ValueError, AttributeError):
+        return None

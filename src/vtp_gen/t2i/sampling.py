@@ -105,6 +105,56 @@ class PromptGridCallback(L.Callback):
         return path
 
 
+class PromptSampler(L.LightningModule):
+    """``predict_step`` for ``trainer.predict``: sample indices -> uint8 (B, H, W, 3) images of their prompts.
+
+    Sample ``i`` is prompt ``i // per_prompt`` with the noise of ``(seed, i)``,
+    so which rank or batch makes it does not change it. The batches come from
+    :class:`~vtp_gen.systems.sampling.SamplePlanData` (each rank its own aligned
+    blocks of missing indices); indices past the last sample, which only keep a
+    batch whole, take the prompts again from the first and are not written.
+    """
+
+    def __init__(
+        self,
+        generator: TextLightningDiT,
+        encoder: CaptionEncoder,
+        decoder: LatentDecoder,
+        prompts: Sequence[str],
+        per_prompt: int,
+        sampling: dict,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.generator = generator.eval().requires_grad_(False)
+        self.encoder = encoder
+        self.decoder = decoder
+        self.prompts = list(prompts)
+        self.per_prompt = per_prompt
+        self.sampling = sampling
+        self.seed = seed
+
+    def prompt_of(self, index: int) -> str:
+        return self.prompts[index // self.per_prompt % len(self.prompts)]
+
+    def predict_step(self, batch: dict, batch_idx: int = 0) -> dict:
+        indices = batch["index"].tolist()
+        images = generate(
+            self.generator,
+            self.encoder,
+            self.decoder,
+            [self.prompt_of(i) for i in indices],
+            indices,
+            self.seed,
+            self.sampling,
+        )
+        return {
+            "index": batch["index"].cpu(),
+            "write": batch["write"].cpu(),
+            "pixels": torch.from_numpy(uint8_pixels(images)),
+        }
+
+
 def uint8_pixels(images: torch.Tensor) -> np.ndarray:
     """Normalised-space images -> uint8 (N, H, W, 3)."""
     return to_pixels(images.float().cpu(), normalized=True)

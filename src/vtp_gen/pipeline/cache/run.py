@@ -11,6 +11,7 @@ guarantees are described in docs/latent-cache.md.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -23,8 +24,9 @@ from omegaconf import DictConfig
 
 from vtp_gen import load_tokenizer
 from vtp_gen.config import save_config
-from vtp_gen.data.build import build_dataset
+from vtp_gen.data.build import build_map_dataset
 from vtp_gen.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from vtp_gen.data.webdataset_index import INDEX_FILE as WEBDATASET_INDEX_FILE
 from vtp_gen.latents.encode import CacheDataModule, CenterCropUint8, LatentEncoder
 from vtp_gen.latents.finalize import finalize_cache
 from vtp_gen.latents.manifest import (
@@ -48,6 +50,7 @@ from vtp_gen.latents.stats import stats_subset_mask
 from vtp_gen.latents.writer import ShardLayout, ShardWriter, completed_shards
 from vtp_gen.pipeline.run_dir import run_root
 from vtp_gen.systems.trainer import build_predict_trainer
+from vtp_gen.t2i.captions import CAPTIONS_FILE, dataset_captions, write_captions
 from vtp_gen.utils.atomic import write_json_atomic
 from vtp_gen.utils.log import step_logger
 from vtp_gen.utils.step_guard import guarded_step
@@ -197,23 +200,42 @@ def share_cpu_cores(trainer: L.Trainer) -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_ranks))
 
 
+def write_shard_captions(cfg: DictConfig, folder: Path, dataset, plan: dict) -> None:
+    """Webdataset shards carry captions: write the cache's ``captions.json`` (docs/text-to-image.md)
+    from their ``.txt`` / ``.json`` members when it is missing or belongs to other shards."""
+    if cfg.data.source != "webdataset":
+        return
+    fingerprint = plan["dataset"]["fingerprint"]
+    path = folder / CAPTIONS_FILE
+    if path.is_file():
+        try:
+            if json.loads(path.read_text()).get("dataset_fingerprint") == fingerprint:
+                return
+        except ValueError:
+            pass
+    log.info(f"writing the captions of {len(dataset)} webdataset samples -> {path}")
+    write_captions(folder, dataset_captions(dataset), fingerprint)
+
+
 @guarded_step("cache", cache_folder, on_stop="finished shards are kept; rerun the same command to resume")
 def run(cfg: DictConfig) -> CacheResult:
-    """Encode ``cfg.data`` with the tokenizer into ``cfg.out_dir``; resume or no-op as the folder says."""
-    if cfg.data.source == "webdataset":
-        raise ValueError(
-            "latent caching needs a map-style labelled dataset (data.source=fashion_mnist or image_folder): "
-            "webdataset streams have no stable global index to shard and resume by"
-        )
+    """Encode ``cfg.data`` with the tokenizer into ``cfg.out_dir``; resume or no-op as the folder says.
+
+    Webdataset shards also get the cache's ``captions.json`` from their captions."""
     folder = cache_folder(cfg)
     tokenizer_path = tokenizer_folder(cfg)
     torch.set_float32_matmul_precision(cfg.matmul_precision)
-    dataset = build_dataset(cfg.data, CenterCropUint8(cfg.data.image_size))
+    # Webdataset shards are indexed for random access (global index = shard order x position),
+    # the index recorded in the cache so a resume reads the same mapping.
+    dataset = build_map_dataset(
+        cfg.data, CenterCropUint8(cfg.data.image_size), index_file=folder / WEBDATASET_INDEX_FILE
+    )
     if len(dataset) == 0:
         raise ValueError(f"the dataset ({cfg.data.source}, split {cfg.data.split}) holds no images")
     plan = make_plan(cfg, dataset, tokenizer_path)
     if prepare_folder(folder, plan, cfg.overwrite):
         log.info(f"{folder} is already a complete cache for these settings; nothing to do")
+        write_shard_captions(cfg, folder, dataset, plan)
         return CacheResult(folder, read_manifest(folder), 0, 0.0)
     save_config(cfg, folder / "config.yaml")
     layout = ShardLayout(len(dataset), cfg.shard_size)
@@ -244,6 +266,7 @@ def run(cfg: DictConfig) -> CacheResult:
     if not is_global_zero:
         return CacheResult(folder, None, encoded, seconds, cpu_seconds)
     manifest = finalize_cache(folder, plan, layout)
+    write_shard_captions(cfg, folder, dataset, plan)
     counts = manifest["counts"]
     skipped = f", skipped {counts['skipped']}" if counts["skipped"] else ""
     rate = f", {encoded / seconds:.1f} images/s on rank 0" if seconds else ""

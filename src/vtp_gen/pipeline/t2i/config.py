@@ -40,6 +40,10 @@ class TextConfig:
     caption_dropout_prob: float = 0.1
     # Write captions.json into the cache from `data` when it is missing (docs/text-to-image.md).
     write_captions: bool = True
+    # Labelled sets: give each image a second caption naming its class by another name (plural or
+    # synonym, vtp_gen.data.captions.NAME_VARIANTS), so prompts may say "trousers" or "a sweater".
+    # A captions.json vtp_gen wrote from labels with the other setting is rewritten.
+    name_variants: bool = False
     # Precompute the features of every distinct caption when they fit in this many GiB; else each
     # batch's captions go through the frozen text tower as they come.
     feature_table_max_gib: float = 2.0

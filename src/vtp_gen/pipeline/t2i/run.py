@@ -21,7 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from vtp_gen import load_tokenizer
 from vtp_gen.config import ConfigError
-from vtp_gen.data.build import build_dataset
+from vtp_gen.data.build import build_map_dataset
+from vtp_gen.data.webdataset_index import INDEX_FILE as WEBDATASET_INDEX_FILE
 from vtp_gen.latents.dataset import LatentDataset
 from vtp_gen.latents.manifest import dataset_fingerprint
 from vtp_gen.models.registry import create_model
@@ -41,7 +42,13 @@ from vtp_gen.pipeline.stage2.run import (
 from vtp_gen.pipeline.t2i.config import HELD_OUT_PROMPTS
 from vtp_gen.systems.latent_data import latent_shape
 from vtp_gen.systems.sampling import LatentDecoder
-from vtp_gen.t2i.captions import CAPTIONS_FILE, CacheCaptions, dataset_captions, write_captions
+from vtp_gen.t2i.captions import (
+    CAPTIONS_FILE,
+    CacheCaptions,
+    captions_made_from,
+    dataset_captions,
+    write_captions,
+)
 from vtp_gen.t2i.data import CaptionedLatentDataModule
 from vtp_gen.t2i.sampling import PromptGridCallback, sampling_settings
 from vtp_gen.t2i.system import CaptionFeatureBank, TextFlowMatching
@@ -63,17 +70,29 @@ class T2IResult:
     summary: dict | None
 
 
+def label_caption_set(cfg: DictConfig) -> str:
+    return "labels+name_variants" if cfg.text.name_variants else "labels"
+
+
 def ensure_captions(cfg: DictConfig, cache: Path) -> Path:
-    """``captions.json`` of the cache, written from ``cfg.data`` (captions only, no image decoding) when missing."""
+    """``captions.json`` of the cache, written from ``cfg.data`` (captions only, no image decoding) when
+    missing, or when vtp_gen made it from labels with the other ``text.name_variants`` setting."""
     path = cache / CAPTIONS_FILE
-    if path.is_file():
+    wanted = label_caption_set(cfg)
+    made_from = captions_made_from(cache)
+    from_labels = made_from in ("labels", "labels+name_variants")
+    if path.is_file() and (not from_labels or made_from == wanted or not cfg.text.write_captions):
         return path
     if not cfg.text.write_captions:
         raise FileNotFoundError(f"{path} not found and text.write_captions=false")
 
-    dataset = build_dataset(cfg.data, with_captions=True)
-    log.info(f"writing the captions of {len(dataset)} images -> {path}")
-    return write_captions(cache, dataset_captions(dataset), dataset_fingerprint(dataset))
+    dataset = build_map_dataset(cfg.data, with_captions=True, index_file=cache / WEBDATASET_INDEX_FILE)
+    if cfg.data.source == "webdataset":  # captions from the shards, written by the cache step
+        return write_captions(cache, dataset_captions(dataset), dataset_fingerprint(dataset))
+    reason = f"it holds the {made_from!r} captions" if path.is_file() else "missing"
+    log.info(f"writing the {wanted!r} captions of {len(dataset)} images -> {path} ({reason})")
+    captions = dataset_captions(dataset, name_variants=cfg.text.name_variants)
+    return write_captions(cache, captions, dataset_fingerprint(dataset), made_from=wanted)
 
 
 def build_text_generator(cfg: DictConfig, latents: LatentDataset, encoder: CaptionEncoder) -> torch.nn.Module:

@@ -9,7 +9,10 @@ Output folder (default ``runs/<name>/t2i_samples/<method><steps>-shift<s>-cfg<c>
     samples.json            what made them (identity: generator, tokenizer, stats, sampler, prompts)
 
 Re-running makes only the missing PNGs; a folder made with other settings is
-refused unless ``overwrite=true``. One process (CPU or one GPU).
+refused unless ``overwrite=true``. ``devices=N`` samples on N processes (GPUs, or
+CPU ranks), each making its own aligned blocks of the missing samples; sample
+``i`` does not depend on which rank makes it. Rank 0 then writes the .npz and
+the grid.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from vtp_gen.pipeline.sample.run import (
     RECORD_FILE,
     load_stats,
     prepare_folder,
+    resolve_precision,
     resolve_stats,
     resolve_tokenizer,
     run_info,
@@ -41,8 +45,16 @@ from vtp_gen.pipeline.stage2.run import GENERATOR_DIR
 from vtp_gen.pipeline.t2i.config import HELD_OUT_PROMPTS
 from vtp_gen.pipeline.t2i.run import RUN_STEP
 from vtp_gen.systems.flow_matching import tensor_digest
-from vtp_gen.systems.sampling import LatentDecoder, missing_indices, png_path, write_adm_npz
-from vtp_gen.t2i.sampling import generate, sampling_settings, uint8_pixels
+from vtp_gen.systems.sampling import (
+    LatentDecoder,
+    PngWriter,
+    SamplePlanData,
+    missing_indices,
+    png_path,
+    write_adm_npz,
+)
+from vtp_gen.systems.trainer import build_predict_trainer
+from vtp_gen.t2i.sampling import PromptSampler, sampling_settings
 from vtp_gen.t2i.text_features import CaptionEncoder
 from vtp_gen.utils.atomic import write_json_atomic
 from vtp_gen.utils.log import step_logger
@@ -120,25 +132,33 @@ def run(cfg: DictConfig) -> PromptSampleResult:
     prompt_of = [k for k in range(len(prompts)) for _ in range(cfg.per_prompt)]
     pending = missing_indices(images, num_samples)
     log.info(f"{len(prompts)} prompts x {cfg.per_prompt} ({len(pending)} to make) -> {folder}")
-    written = 0
+    writer = PngWriter(images)
+    # Every rank makes its own aligned blocks of missing indices (as class-conditional sampling).
+    trainer = build_predict_trainer(cfg, [writer], resolve_precision(cfg))
     if pending:
-        device = pick_device(cfg.accelerator)
         tokenizer = load_tokenizer(tokenizer_path)
-        encoder = CaptionEncoder.from_tokenizer(tokenizer).to(device)
-        decoder = LatentDecoder(tokenizer, stats).to(device)
-        generator.to(device)
-        settings = sampling_settings(cfg.sampling)
-        for start in range(0, len(pending), cfg.batch_size):
-            indices = pending[start : start + cfg.batch_size]
-            batch_prompts = [prompts[prompt_of[i]] for i in indices]
-            pixels = uint8_pixels(
-                generate(generator, encoder, decoder, batch_prompts, indices, cfg.run.seed, settings)
-            )
-            for index, image in zip(indices, pixels):
-                save_png(image, png_path(images, index))
-                written += 1
+        sampler = PromptSampler(
+            generator,
+            CaptionEncoder.from_tokenizer(tokenizer),
+            LatentDecoder(tokenizer, stats),
+            prompts,
+            cfg.per_prompt,
+            sampling_settings(cfg.sampling),
+            seed=cfg.run.seed,
+        )
+        plan = SamplePlanData(images, num_samples, 1, "uniform", cfg.run.seed, cfg.batch_size)
+        trainer.predict(sampler, datamodule=plan, return_predictions=False)
+        trainer.strategy.barrier("samples written")
+    written = writer.written
+    if not trainer.is_global_zero:
+        return PromptSampleResult(folder, None, prompts, num_samples, written)
+    still_missing = missing_indices(images, num_samples)
+    if still_missing:
+        raise RuntimeError(
+            f"{len(still_missing)} samples are missing after sampling, e.g. {still_missing[:5]}"
+        )
     npz = folder / NPZ_FILE
-    if cfg.write_npz and (written or not npz.is_file()):
+    if cfg.write_npz and (pending or not npz.is_file()):  # pending: made by any rank
         write_adm_npz(npz, images, num_samples, torch.tensor(prompt_of, dtype=torch.long))
     (folder / PROMPTS_FILE).write_text("".join(p + "\n" for p in prompts))
     grid_pixels = np.stack([load_png(png_path(images, i)) for i in range(num_samples)])
