@@ -42,6 +42,12 @@ def reference_dir() -> Path:
 
 # ----------------------------------------------------------------------------- fixtures shared by several files
 @pytest.fixture(scope="session")
+def tokenizer_dir(reference_dir) -> Path:
+    """The vtp-tiny tokenizer written by the official VTP code: what the latent-cache tests encode with."""
+    return reference_dir / "vtp_tiny_default"
+
+
+@pytest.fixture(scope="session")
 def fashion_mnist() -> Path:
     """The Fashion-MNIST folder; a test that trains on it skips where `make setup` did not install it."""
     from vtp_gen.data.fashion_mnist import find_root

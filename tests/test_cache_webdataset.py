@@ -85,11 +85,6 @@ def cache_config(tokenizer: Path, out_dir: Path, shards: str, *overrides: str):
 
 
 @pytest.fixture(scope="module")
-def tokenizer_dir(reference_dir) -> Path:
-    return reference_dir / "vtp_tiny_default"
-
-
-@pytest.fixture(scope="module")
 def written(tmp_path_factory) -> tuple[str, list[dict]]:
     return write_shards(tmp_path_factory.mktemp("shards"))
 

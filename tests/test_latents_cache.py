@@ -53,11 +53,6 @@ def cache_config(tokenizer: Path, out_dir: Path, *overrides: str):
 
 
 @pytest.fixture(scope="module")
-def tokenizer_dir(reference_dir) -> Path:
-    return reference_dir / "vtp_tiny_default"
-
-
-@pytest.fixture(scope="module")
 def cache(tokenizer_dir, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("cache")
     result = run(cache_config(tokenizer_dir, folder))
