@@ -181,3 +181,21 @@ def test_resampled_stream_is_endless_and_split_per_worker(tmp_path):
         if i == 11:
             break
     assert seen == 12 * 8  # more than the 40 images: the stream does not end
+
+
+@pytest.mark.usefixtures("fashion_mnist")
+def test_caption_variants_name_garments_as_people_do():
+    plain = build_dataset(DataConfig(max_samples=2000), with_captions=True)
+    mixed = build_dataset(DataConfig(max_samples=2000, caption_variants=0.25), with_captions=True)
+    changed = [i for i in range(len(plain)) if plain.caption(i) != mixed.caption(i)]
+    # About a quarter of the captions change (the index hash picks them), the rest stay the label's.
+    assert 0.2 < len(changed) / len(plain) < 0.3
+    trouser_captions = {mixed.caption(i) for i in changed if mixed.class_name(i) == "trouser"}
+    assert any("trousers" in c for c in trouser_captions) and any("pants" in c for c in trouser_captions)
+    # Deterministic per index (resume-exact) and carried by the items too.
+    again = FashionMNIST(split="train", with_captions=True, max_samples=2000, caption_variants=0.25)
+    assert [again.caption(i) for i in changed[:50]] == [mixed.caption(i) for i in changed[:50]]
+    assert mixed[changed[0]]["caption"] == mixed.caption(changed[0])
+    assert build_dataset(DataConfig(max_samples=50, caption_variants=1.0), with_captions=True).caption(
+        0
+    ) != plain.caption(0)

@@ -55,6 +55,10 @@ class DataConfig:
     resampled: bool = False
     # Use only the first N images (0 = all); handy for smoke runs.
     max_samples: int = 0
+    # Captions made from labels (fashion_mnist, image_folder): this share of the images names its
+    # class by another name, the plural or a synonym (vtp_gen.data.captions.NAME_VARIANTS), so the
+    # text tower learns the words people type ("trousers", "a sweater"); 0 = the label's name only.
+    caption_variants: float = 0.0
     # Pixels above this count are refused (decompression-bomb guard).
     max_image_pixels: int = 178_956_970
 

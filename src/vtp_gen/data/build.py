@@ -21,12 +21,19 @@ def build_dataset(
     """The dataset named by ``cfg.source``; items are dicts (see :mod:`vtp_gen.data.decode`)."""
     split = split or cfg.split
     if cfg.source == "fashion_mnist":
-        return FashionMNIST(cfg.root or None, split, transform, with_captions, cfg.max_samples)
+        return FashionMNIST(
+            cfg.root or None, split, transform, with_captions, cfg.max_samples, cfg.caption_variants
+        )
     if cfg.source == "image_folder":
         if not cfg.root:
             raise ValueError("data.source=image_folder needs data.root=FOLDER (root/<class>/<image>)")
         return LabelledImageFolder(
-            cfg.root, transform, with_captions, cfg.max_samples, max_pixels=cfg.max_image_pixels
+            cfg.root,
+            transform,
+            with_captions,
+            cfg.max_samples,
+            caption_variants=cfg.caption_variants,
+            max_pixels=cfg.max_image_pixels,
         )
     if cfg.source == "webdataset":
         return ImageTextShards(

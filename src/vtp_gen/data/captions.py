@@ -65,3 +65,14 @@ def variant_caption(class_name: str, index: int) -> str | None:
     template = CAPTION_TEMPLATES[mixed // len(variants) % len(CAPTION_TEMPLATES)]
     caption = template.format(a="" if plural else article(noun), c=noun)
     return re.sub(" +", " ", caption).strip()
+
+
+def label_caption(class_name: str, index: int, variant_share: float = 0.0) -> str:
+    """The caption of sample ``index``: about ``variant_share`` of the samples (chosen by a hash of
+    the index, so runs resume exactly) name the class by another name (:func:`variant_caption`),
+    the rest by its label (:func:`caption_for`). A tokenizer's text tower only learns the words its
+    captions use: with 0, a prompt saying "trousers" reaches it as a word it never saw."""
+    if variant_share > 0 and (index * 3266489917 + 668265263) % 4294967296 < variant_share * 4294967296:
+        if variant := variant_caption(class_name, index):
+            return variant
+    return caption_for(class_name, index)

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from vtp_gen.data.captions import caption_for
+from vtp_gen.data.captions import label_caption
 
 DEFAULT_ROOT = Path("/usr/share/datasets/fashion-mnist")
 CLASS_NAMES = (
@@ -105,6 +105,7 @@ class FashionMNIST(Dataset):
         transform=None,
         with_captions: bool = False,
         max_samples: int = 0,
+        caption_variants: float = 0.0,
     ):
         if split not in _FILES:
             raise ValueError(f"Fashion-MNIST split must be one of {sorted(_FILES)}, got {split!r}")
@@ -119,6 +120,7 @@ class FashionMNIST(Dataset):
         self.split = split
         self.transform = transform
         self.with_captions = with_captions
+        self.caption_variants = caption_variants
 
     def __len__(self) -> int:
         return len(self.images)
@@ -129,7 +131,7 @@ class FashionMNIST(Dataset):
 
     def caption(self, index: int) -> str:
         """The caption of item ``index``, without decoding its image."""
-        return caption_for(CLASS_NAMES[int(self.labels[index])], index)
+        return label_caption(CLASS_NAMES[int(self.labels[index])], index, self.caption_variants)
 
     def __getitem__(self, index: int) -> dict:
         image = Image.fromarray(self.images[index]).convert("RGB")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
-from vtp_gen.data.captions import caption_for
+from vtp_gen.data.captions import label_caption
 from vtp_gen.data.decode import DEFAULT_MAX_PIXELS, UNREADABLE_FILE, Skipped, decode_image
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
@@ -32,6 +32,7 @@ class LabelledImageFolder(Dataset):
         transform=None,
         with_captions: bool = False,
         max_samples: int = 0,
+        caption_variants: float = 0.0,
         class_names: dict[str, str] | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ):
@@ -63,6 +64,7 @@ class LabelledImageFolder(Dataset):
             self.files = self.files[:max_samples]
         self.transform = transform
         self.with_captions = with_captions
+        self.caption_variants = caption_variants
         self.max_pixels = max_pixels
 
     def __len__(self) -> int:
@@ -74,7 +76,7 @@ class LabelledImageFolder(Dataset):
 
     def caption(self, index: int) -> str:
         """The caption of item ``index``, without reading its image."""
-        return caption_for(self.class_names[self.files[index][1]], index)
+        return label_caption(self.class_names[self.files[index][1]], index, self.caption_variants)
 
     def __getitem__(self, index: int) -> dict | Skipped:
         path, label = self.files[index]
