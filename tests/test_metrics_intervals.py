@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 
 from vtp_gen.metrics.generation import FeatureStatistics, frechet_distance
-from vtp_gen.metrics.intervals import Interval, bootstrap_interval, combine_seeds, spread_interval
+from vtp_gen.metrics.intervals import (
+    Interval,
+    bootstrap_interval,
+    combine_seeds,
+    pooled_seed_variance,
+    spread_interval,
+)
 
 
 def mean_interval(sample: np.ndarray, seed: int, **kwargs) -> Interval:
@@ -78,3 +84,25 @@ def test_spread_interval_of_repeats():
     )
     assert Interval.from_dict(interval.to_dict()) == interval
     assert interval.text(1) == "50.5 [3.5, 97.5]"
+
+
+def test_pooled_seed_spread():
+    groups = [[100.0, 110.0], [50.0, 54.0, 46.0], [7.0]]
+    variance, dof = pooled_seed_variance(groups)
+    # Squared deviations from each group's own mean, over sum(n - 1): (50 + 32) / (1 + 2).
+    assert dof == 3 and variance == pytest.approx((50.0 + 32.0) / 3)
+    assert variance == pytest.approx(
+        sum(np.var(g, ddof=1) * (len(g) - 1) for g in groups if len(g) > 1) / sum(len(g) - 1 for g in groups)
+    )
+    with pytest.raises(ValueError, match="two or more seeds"):
+        pooled_seed_variance([[1.0], [2.0]])
+    # The pooled spread replaces a point's own: t with the pooled degrees of freedom, not k - 1.
+    seeds = [Interval(v, v - 0.1, v + 0.1, std=0.05) for v in (100.0, 110.0)]
+    own, pooled = combine_seeds(seeds), combine_seeds(seeds, pooled=(16.0, 12))
+    assert own.high - own.value == pytest.approx(12.706 * 5.0, rel=1e-3)
+    assert pooled.value == own.value and pooled.high - pooled.value == pytest.approx(
+        2.179 * 4.0 / np.sqrt(2), rel=1e-3
+    )
+    assert "pooled (12 degrees of freedom)" in pooled.method
+    # The bootstrap stays the floor when the pooled spread is smaller than the sampling noise.
+    assert combine_seeds(seeds, pooled=(1e-6, 12)).method.endswith("bootstrap dominates")

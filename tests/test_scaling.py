@@ -29,6 +29,7 @@ from vtp_gen.pipeline.scaling.results import (
     eval_values,
     fid_samples,
     objectives_label,
+    pool_seed_spread,
     read_csv,
     write_csv,
 )
@@ -337,6 +338,20 @@ def test_seeds_combine_into_the_mean_with_an_interval_and_the_csv_keeps_them(tmp
     assert (row["gfid_low"], row["gfid_high"]) == pytest.approx((expected.low, expected.high))
     assert row["gfid_high"] - row["gfid"] == pytest.approx(12.706 * 5.0, rel=1e-3)
     assert row["gfid_per_seed"] == "100;110" and row["gfid_floor"] == 45.7
+    assert row["gfid_boot_std"] == pytest.approx(1.0)
+    # Over a study, the seed spread is pooled across points: a second point whose seeds agree closely
+    # narrows this point's interval (2 degrees of freedom instead of 1), and the mean stays.
+    other = dict(row, point="ae_only-w64-200", gfid_per_seed="120;121", gfid=120.5)
+    pooled_row, _ = pool_seed_spread([row, other])
+    variance = (50.0 + 0.5) / 2
+    assert pooled_row["gfid"] == row["gfid"] and row["gfid_high"] - row["gfid"] == pytest.approx(
+        12.706 * 5.0, rel=1e-3
+    )
+    assert pooled_row["gfid_high"] - pooled_row["gfid"] == pytest.approx(
+        4.303 * math.sqrt(variance / 2), rel=1e-3
+    )
+    assert pooled_row["seed_spread"] == "pooled over 2 points (2 degrees of freedom)"
+    assert pool_seed_spread([row]) == [row]  # one multi-seed point: nothing to pool
     assert row["gfid_label"] == "FID-400" and row["domain_fd_label"] == "FD-judge-2k"
     assert row["domain_fd"] == pytest.approx(5.2) and row["domain_fd_floor"] == pytest.approx(0.4)
     # KID's std over subsets is its interval; precision has none per seed, so the seed spread alone.

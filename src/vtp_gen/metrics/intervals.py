@@ -60,6 +60,13 @@ class Interval:
     def contains(self, value: float) -> bool:
         return self.low <= value <= self.high
 
+    @property
+    def standard_error(self) -> float:
+        """``std`` when recorded, else read back from the interval's width as a normal one."""
+        if self.std is not None:
+            return float(self.std)
+        return (self.high - self.low) / (2 * scipy.stats.norm.ppf(0.5 + self.level / 2))
+
     def text(self, digits: int = 2, scale: float = 1.0) -> str:
         """'41.20 [39.85, 42.71]'."""
         return (
@@ -131,7 +138,27 @@ def spread_interval(values: Sequence[float], level: float = LEVEL, method: str =
     )
 
 
-def combine_seeds(per_seed: Sequence[Interval], level: float = LEVEL) -> Interval:
+def pooled_seed_variance(groups: Sequence[Sequence[float]]) -> tuple[float, int]:
+    """The seed-to-seed variance pooled over groups that share one recipe, and its degrees of freedom.
+
+    Each group holds one configuration's values over seeds; the squared deviations from each
+    group's own mean are summed and divided by sum(n_i - 1), the usual pooled within-group
+    estimate. Groups with fewer than two values add nothing.
+    """
+    squares, dof = 0.0, 0
+    for group in groups:
+        values = np.asarray(group, dtype=float)
+        if len(values) > 1:
+            squares += float(((values - values.mean()) ** 2).sum())
+            dof += len(values) - 1
+    if dof == 0:
+        raise ValueError("no group with two or more seeds to pool")
+    return squares / dof, dof
+
+
+def combine_seeds(
+    per_seed: Sequence[Interval], level: float = LEVEL, pooled: tuple[float, int] | None = None
+) -> Interval:
     """One interval for the mean over seeds, from each seed's bootstrap interval.
 
     With one seed the bootstrap interval is all there is (it says nothing about seed
@@ -142,6 +169,10 @@ def combine_seeds(per_seed: Sequence[Interval], level: float = LEVEL) -> Interva
     seeds that happen to agree). The critical value is Student's t with k - 1 degrees of
     freedom when the between-seed variance dominates (it is estimated from k values), else
     the normal one.
+
+    ``pooled``: ``(variance, degrees of freedom)`` of the seed spread estimated over many
+    configurations (:func:`pooled_seed_variance`), used instead of these k values' own spread:
+    two seeds alone give one degree of freedom (t = 12.7), a study's points together many more.
     """
     if not per_seed:
         raise ValueError("no intervals to combine")
@@ -150,16 +181,13 @@ def combine_seeds(per_seed: Sequence[Interval], level: float = LEVEL) -> Interva
     k = len(per_seed)
     values = np.array([i.value for i in per_seed])
     normal = scipy.stats.norm.ppf(0.5 + level / 2)
-    # A seed's bootstrap variance: its std when recorded, else read back from its interval's width.
-    boot_var = float(
-        np.mean([(i.std if i.std is not None else (i.high - i.low) / (2 * normal)) ** 2 for i in per_seed])
-    )
-    between_var = float(values.var(ddof=1))
+    boot_var = float(np.mean([i.standard_error**2 for i in per_seed]))
+    between_var, dof = pooled if pooled is not None else (float(values.var(ddof=1)), k - 1)
     if between_var > boot_var:
         variance, critical, dominant = (
             between_var / k,
-            scipy.stats.t.ppf(0.5 + level / 2, k - 1),
-            "seed spread",
+            scipy.stats.t.ppf(0.5 + level / 2, dof),
+            "seed spread" if pooled is None else f"seed spread pooled ({dof} degrees of freedom)",
         )
     else:
         variance, critical, dominant = boot_var / k, normal, "bootstrap"

@@ -71,6 +71,10 @@ class ScalingConfig:
     # (vtp_gen.metrics.intervals.combine_seeds); the tokenizer's own metrics (rFID, probe, zero-shot)
     # are measured once in <point>/eval. [] = one stage-2 run with run.seed in <point>/stage2.
     stage2_seeds: list[int] = field(default_factory=list)
+    # true: the gFID and FD-judge intervals take the seed spread pooled over all points (the same
+    # stage-2 recipe everywhere; 12 points x 2 seeds = 12 degrees of freedom instead of 1 per
+    # point, results.pool_seed_spread); false: each point's own seeds only.
+    pool_seed_spread: bool = True
     # Real-vs-real Inception FID at N samples against N reference images ({400: 45.7}), measured
     # outside the study for the data at hand; drawn as the floor in the gFID figures (none = not drawn).
     gfid_floors: dict[int, float] = field(default_factory=dict)

@@ -23,7 +23,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from vtp_gen.metrics.intervals import Interval, combine_seeds
+from vtp_gen.metrics.intervals import Interval, combine_seeds, pooled_seed_variance
 from vtp_gen.metrics.report import read_metrics_json
 from vtp_gen.utils.atomic import atomic_output
 
@@ -57,7 +57,10 @@ INTERVAL_COLUMNS = [
     "gfid_floor",  # from the study's gfid_floors (measured outside make eval), when known for N
     *(f"{METRIC_COLUMNS[m]}_{part}" for m in FLOOR_METRICS for part in ("floor", "floor_high")),
 ]
-SEED_COLUMNS = ["seeds", "gfid_per_seed", "domain_fd_per_seed"]
+# Per-seed values and the seeds' mean bootstrap standard error: what pooling the seed spread over
+# the study's points needs (pool_seed_spread).
+SEED_COLUMNS = ["seeds", "gfid_per_seed", "domain_fd_per_seed", "gfid_boot_std", "domain_fd_boot_std"]
+POOLED_COLUMNS = ("gfid", "domain_fd")
 
 COLUMNS = [
     "point",
@@ -72,6 +75,7 @@ COLUMNS = [
     *METRIC_COLUMNS.values(),
     *INTERVAL_COLUMNS,
     *SEED_COLUMNS,
+    "seed_spread",
     "gfid_label",
     "rfid_label",
     "linear_probe_label",
@@ -143,6 +147,50 @@ NON_NEGATIVE = ("gfid", "domain_fd")  # distances (KID's unbiased estimate may d
 PROPORTIONS = ("precision", "recall", "label_agreement")  # fractions in metrics.json
 
 
+def clipped(metric: str, interval: Interval) -> tuple[float, float]:
+    """The interval's ends, clipped to what the metric can take (a t interval from few seeds can
+    reach below 0 for a distance, or past 1 for a proportion)."""
+    low, high = interval.low, interval.high
+    if metric in NON_NEGATIVE:
+        low = max(low, 0.0)
+    if metric in PROPORTIONS:
+        low, high = max(low, 0.0), min(high, 1.0)
+    return low, high
+
+
+def pool_seed_spread(rows: Sequence[dict]) -> list[dict]:
+    """The rows with their gFID and FD-judge intervals recomputed from the seed spread pooled over
+    all points.
+
+    Every point trains stage 2 with the same recipe, so how much a generator moves from seed to
+    seed is taken to be alike across points and is estimated from all of them: 12 points of 2
+    seeds give 12 degrees of freedom (Student's t = 2.18) where a point's own 2 seeds give 1
+    (t = 12.7). Each row keeps its mean; its bootstrap term stays the floor, as in
+    :func:`~vtp_gen.metrics.intervals.combine_seeds`. Rows are copied, not changed; with fewer
+    than two multi-seed points nothing is pooled.
+    """
+    out = [dict(row) for row in rows]
+    for column in POOLED_COLUMNS:
+        seeded = [(row, _per_seed(row, column)) for row in out]
+        seeded = [(row, values) for row, values in seeded if len(values) > 1]
+        if len(seeded) < 2:
+            continue
+        pooled = pooled_seed_variance([values for _, values in seeded])
+        for row, values in seeded:
+            boot = float(row.get(f"{column}_boot_std") or 0.0)
+            combined = combine_seeds(
+                [Interval(v, v - boot, v + boot, std=boot) for v in values], pooled=pooled
+            )
+            row[f"{column}_low"], row[f"{column}_high"] = clipped(column, combined)
+            row["seed_spread"] = f"pooled over {len(seeded)} points ({pooled[1]} degrees of freedom)"
+    return out
+
+
+def _per_seed(row: dict, column: str) -> list[float]:
+    text = row.get(f"{column}_per_seed")
+    return [float(v) for v in str(text).split(";")] if text not in (None, "") else []
+
+
 def combined_generation_values(metrics_files: Sequence[Path]) -> dict:
     """Generation columns of several seeds' ``metrics.json``: mean, 95 % interval, per-seed values.
 
@@ -163,15 +211,12 @@ def combined_generation_values(metrics_files: Sequence[Path]) -> dict:
         combined = combine_seeds(intervals)
         out[column] = combined.value * scale
         if has_interval or len(records) > 1:
-            # A t interval from two seeds can reach past what the metric can take: clip it there.
-            low, high = combined.low, combined.high
-            if metric in NON_NEGATIVE:
-                low = max(low, 0.0)
-            if metric in PROPORTIONS:
-                low, high = max(low, 0.0), min(high, 1.0)
+            low, high = clipped(metric, combined)
             out[f"{column}_low"], out[f"{column}_high"] = low * scale, high * scale
         if f"{column}_per_seed" in SEED_COLUMNS:
-            out[f"{column}_per_seed"] = ";".join(f"{r.value * scale:.4g}" for r in records)
+            out[f"{column}_per_seed"] = ";".join(f"{r.value * scale:.8g}" for r in records)
+            boot_var = sum(i.standard_error**2 for i in intervals) / len(intervals)
+            out[f"{column}_boot_std"] = math.sqrt(boot_var) * scale
         first = records[0]
         if first.floor is not None:
             out[f"{column}_floor"] = first.floor["value"] * scale

@@ -43,7 +43,7 @@ from vtp_gen.pipeline.evaluate.run import run as run_eval
 from vtp_gen.pipeline.run_dir import run_root
 from vtp_gen.pipeline.scaling.flops import StepFlops, batches_per_step, pretraining_step_flops, resolve_device
 from vtp_gen.pipeline.scaling.plots import plot_all
-from vtp_gen.pipeline.scaling.results import build_row, eval_values, write_csv
+from vtp_gen.pipeline.scaling.results import build_row, eval_values, pool_seed_spread, write_csv
 from vtp_gen.pipeline.scaling.summary import summary_markdown
 from vtp_gen.pipeline.stage1.run import run as run_stage1
 from vtp_gen.pipeline.stage2.run import run as run_stage2
@@ -487,6 +487,8 @@ def run_curve(cfg: DictConfig, points: list[Point]) -> list[dict] | None:
 def write_outputs(root: Path, rows: list[dict], cfg: DictConfig | None = None, curve=None) -> list[Path]:
     if not rows:
         return []
+    if cfg is None or cfg.pool_seed_spread:
+        rows = pool_seed_spread(rows)
     csv_path = write_csv(rows, root / CSV_FILE)
     curve_point = cfg.stage2_curve.point if cfg is not None else ""
     images = plot_all(rows, root / "images", curve=curve, curve_point=curve_point)

@@ -188,11 +188,13 @@ def summary_markdown(
     curve, the figures."""
     gfid = _label(rows, "gfid", "gFID")
     seeds = max((r.get("seeds") or 1) for r in rows)
+    pooled = next((r["seed_spread"] for r in rows if r.get("seed_spread")), "")
+    spread = f"the spread over {seeds} stage-2 seeds" + (f", {pooled}" if pooled else "")
     lines = [
         "# Scaling study",
         "",
         f"{len(rows)} points. Metrics as labelled (sample counts included); [95 %] intervals: a bootstrap "
-        f"over the samples{' combined with the spread over ' + str(seeds) + ' stage-2 seeds' if seeds > 1 else ''}. "
+        f"over the samples{' combined with ' + spread if seeds > 1 else ''}. "
         "Probe: linear probe on the bottleneck features, top-1 %. Lower is better for "
         f"{gfid}, rFID and FD-judge.",
         "",
