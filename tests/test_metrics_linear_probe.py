@@ -11,6 +11,7 @@ from vtp_gen.metrics.linear_probe import (
     cached_probe_features,
     dinov2_feature_sets,
     extract_probe_features,
+    fit_logistic_probes,
     intermediate_features,
     train_linear_probes,
 )
@@ -89,6 +90,60 @@ def test_several_feature_sets_are_probed_side_by_side():
     assert result.best_per_feature_set["signal"] >= 99.0 > result.best_per_feature_set["noise"]
     with pytest.raises(ValueError, match="differ"):
         train_linear_probes({"a": train}, train_labels, {"b": val}, val_labels, progress=False)
+
+
+def _overlapping(n_per_class, seed, dim=16, num_classes=10):
+    """Class clusters that overlap (a linear classifier gets part of them right), like real features."""
+    return _separable(n_per_class, num_classes=num_classes, dim=dim, seed=seed, noise=3.0)
+
+
+def test_logistic_probe_does_not_depend_on_the_feature_scale():
+    """The bottleneck protocol's reason to exist: the SGD sweep measures scale, the fitted probe does not."""
+    train, train_labels = _overlapping(60, seed=0)
+    val, val_labels = _overlapping(40, seed=1)
+    logistic = {
+        scale: fit_logistic_probes({"f": train * scale}, train_labels, {"f": val * scale}, val_labels)
+        for scale in (1.0, 3e-3)
+    }
+    sgd = {
+        scale: train_linear_probes(
+            {"f": train * scale}, train_labels, {"f": val * scale}, val_labels, progress=False
+        )
+        for scale in (1.0, 3e-3)
+    }
+    print(
+        "accuracy at feature scale 1 / 0.003: logistic "
+        f"{logistic[1.0].best_accuracy:.1f} / {logistic[3e-3].best_accuracy:.1f}, "
+        f"SGD sweep {sgd[1.0].best_accuracy:.1f} / {sgd[3e-3].best_accuracy:.1f}"
+    )
+    assert 30.0 < logistic[1.0].best_accuracy < 99.0  # overlapping clusters: neither trivial nor chance
+    assert logistic[3e-3].best_accuracy == pytest.approx(logistic[1.0].best_accuracy, abs=0.5)
+    assert logistic[1.0].best_accuracy >= sgd[1.0].best_accuracy - 1.0
+    # The 240-step sweep does not converge on small features: it loses most of the signal.
+    assert sgd[3e-3].best_accuracy < logistic[3e-3].best_accuracy - 15.0
+
+
+def test_logistic_probe_selects_on_train_holdout_never_on_val():
+    train, train_labels = _separable(30)
+    val, val_labels = _separable(10, seed=1)
+    sets = {"signal": (train, val), "noise": (torch.randn_like(train), torch.randn_like(val))}
+    result = fit_logistic_probes(
+        {k: t for k, (t, _) in sets.items()}, train_labels, {k: v for k, (_, v) in sets.items()}, val_labels
+    )
+    assert result.best_classifier.startswith("signal_l2")
+    assert result.best_accuracy == result.best_per_feature_set["signal"] >= 99.0
+    assert result.best_per_feature_set["noise"] < 30.0
+    assert len(result.accuracies) == 2 * len(result.settings["l2_grid"])
+    # Shuffled val labels change the reported accuracy, not what was chosen.
+    shuffled = val_labels[torch.randperm(len(val_labels), generator=torch.Generator().manual_seed(0))]
+    again = fit_logistic_probes(
+        {k: t for k, (t, _) in sets.items()}, train_labels, {k: v for k, (_, v) in sets.items()}, shuffled
+    )
+    assert again.best_classifier == result.best_classifier
+    assert again.settings["chosen_l2"] == result.settings["chosen_l2"]
+    assert again.best_accuracy < 30.0
+    with pytest.raises(ValueError, match="differ"):
+        fit_logistic_probes({"a": train}, train_labels, {"b": val}, val_labels)
 
 
 @pytest.fixture(scope="module")

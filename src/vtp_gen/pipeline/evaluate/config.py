@@ -110,8 +110,9 @@ class ReconstructionEvalConfig:
 @dataclass
 class LinearProbeEvalConfig:
     enabled: bool = True
-    # (a) "bottleneck": last-layer 64-d bottleneck features (the paper's scaling plots);
-    # (b) "dinov2": DINOv2-style sweep on pre-bottleneck features (the paper's Table 2).
+    # (a) "bottleneck": last-layer 64-d bottleneck features (the paper's scaling plots), standardised,
+    #     logistic regression fitted to convergence (metrics.linear_probe.fit_logistic_probes);
+    # (b) "dinov2": DINOv2-style SGD sweep on pre-bottleneck features (the paper's Table 2).
     protocols: list[str] = field(default_factory=lambda: list(PROBE_PROTOCOLS))
     # Training images: `train_split` of the data source (Fashion-MNIST), or the folder `train_root`
     # (image_folder sources, e.g. ImageNet train). Test images: the `data` split.
@@ -122,6 +123,7 @@ class LinearProbeEvalConfig:
     image_size: int = 0  # 0 = data.image_size (DINOv2 / VTP: 224)
     transform: str = "center_crop"
     n_last_blocks: list[int] = field(default_factory=lambda: [1, 4])
+    # The dinov2 protocol's SGD sweep (the bottleneck protocol fits to convergence, no schedule).
     learning_rates: list[float] = field(default_factory=lambda: list(DINOV2_LEARNING_RATES))
     epochs: int = 10
     batch_size: int = 128

@@ -60,6 +60,7 @@ from vtp_gen.metrics.linear_probe import (
     cached_probe_features,
     dinov2_feature_sets,
     extract_probe_features,
+    fit_logistic_probes,
     intermediate_features,
     train_linear_probes,
 )
@@ -642,20 +643,7 @@ def evaluate_probe_part(ctx: EvalContext) -> None:
         num_reference=len(train["labels"]),
     )
 
-    def probe(sets_train, sets_test, metric, method):
-        result = train_linear_probes(
-            sets_train,
-            train["labels"],
-            sets_test,
-            test["labels"],
-            num_classes=num_classes,
-            learning_rates=lp.learning_rates,
-            epochs=lp.epochs,
-            batch_size=lp.batch_size,
-            seed=ctx.cfg.run.seed,
-            device=ctx.device,
-            progress=ctx.progress,
-        )
+    def record(result, metric, method):
         extra = {
             "best_classifier": result.best_classifier,
             "best_per_feature_set": result.best_per_feature_set,
@@ -668,19 +656,36 @@ def evaluate_probe_part(ctx: EvalContext) -> None:
     if "bottleneck" in lp.protocols:
         names = ("bottleneck_cls", "bottleneck_mean")
         channels = train["bottleneck_cls"].shape[1]
+        result = fit_logistic_probes(
+            {k: train[k] for k in names},
+            train["labels"],
+            {k: test[k] for k in names},
+            test["labels"],
+            num_classes=num_classes,
+            seed=ctx.cfg.run.seed,
+        )
         method = (
-            f"{channels}-d bottleneck features (CLS and mean latent), {len(lp.learning_rates)} lrs, SGD, "
-            f"{lp.epochs} epochs; best of the sweep; cached features (no train-time augmentation)"
+            f"{channels}-d bottleneck features (CLS or mean latent), standardised, logistic regression "
+            f"(L-BFGS to convergence; feature set and L2 chosen on 20 % of the train features); "
+            f"cached features (no train-time augmentation)"
         )
-        probe({k: train[k] for k in names}, {k: test[k] for k in names}, "linear_probe_bottleneck", method)
+        record(result, "linear_probe_bottleneck", method)
     if "dinov2" in lp.protocols:
-        method = dinov2_probe_method(n_last_blocks, len(lp.learning_rates), lp.epochs, cached_features=True)
-        probe(
+        result = train_linear_probes(
             dinov2_feature_sets(train, n_last_blocks),
+            train["labels"],
             dinov2_feature_sets(test, n_last_blocks),
-            "linear_probe",
-            method,
+            test["labels"],
+            num_classes=num_classes,
+            learning_rates=lp.learning_rates,
+            epochs=lp.epochs,
+            batch_size=lp.batch_size,
+            seed=ctx.cfg.run.seed,
+            device=ctx.device,
+            progress=ctx.progress,
         )
+        method = dinov2_probe_method(n_last_blocks, len(lp.learning_rates), lp.epochs, cached_features=True)
+        record(result, "linear_probe", method)
     ctx.seconds["probe_training"] = time.time() - started
 
 
