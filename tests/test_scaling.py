@@ -444,12 +444,25 @@ def test_the_verdict_rule_gives_each_outcome_and_the_plateau_and_correlations():
     c = verdict.correlation(noisy, "x", resamples=500)
     assert c.low < c.r < c.high
     assert verdict.correlation(line[:3], "x").low is None  # too few points for an interval
+    # Matched compute: VTP-100 (600 GFLOPs) against AE-400 (400), 1.5x; VTP-400 (2400) has no AE
+    # budget within 2x, nor has width 64's VTP-400.
+    matched = verdict.matched_compute_gaps(rows, 16, "gfid")
+    assert [(g.steps, g.baseline_steps) for g in matched] == [(100, 400)]
+    assert matched[0].compute_ratio == pytest.approx(1.5) and matched[0].gap.value == pytest.approx(-1.0)
+    assert verdict.width_verdict(rows, 16, matched_compute=True).verdict == verdict.CANNOT_TELL
+    assert verdict.width_verdict(rows, 64, matched_compute=True).gap is None
     text = summary_markdown(rows, [], Path("."), resamples=200)
-    assert "**width 16**: by FID-400: **paper's direction holds here** (-19.00 [" in text
+    assert "**width 16, same steps**: by FID-400: **paper's direction holds here** (-19.00 [" in text
     assert (
-        "**width 64**: by FID-400: **fails here**" in text
-        and "**width 32**: by FID-400: **cannot tell**" in text
+        "**width 64, same steps**: by FID-400: **fails here**" in text
+        and "**width 32, same steps**: by FID-400: **cannot tell**" in text
     )
+    assert (
+        "**width 16, matched compute**: by FID-400: **cannot tell** (-1.00 [-3.83, +1.83] at 100 vs 400 steps)"
+        in text
+    )
+    assert "**width 64, matched compute**: by FID-400: cannot tell (no pair of budgets)" in text
+    assert "width 16, 100 vs 400 steps, FID-400: 78.00 [76.00, 80.00] - 79.00 [77.00, 81.00]" in text
     assert "plateau: yes" in text and "Rule: at the largest stage-1 budget" in text
     assert "excludes an improvement of more than 5%" in text
 

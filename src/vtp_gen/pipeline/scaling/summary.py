@@ -11,6 +11,7 @@ from pathlib import Path
 
 from vtp_gen.pipeline.scaling.verdict import (
     BASELINE,
+    MATCHED_COMPUTE_MAX_RATIO,
     PAPER,
     PLATEAU_RULE,
     RULE,
@@ -18,6 +19,7 @@ from vtp_gen.pipeline.scaling.verdict import (
     estimate,
     gaps,
     last_change,
+    matched_compute_gaps,
     plateau,
     width_verdict,
     widths,
@@ -94,6 +96,13 @@ def floors(rows: Sequence[dict]) -> list[str]:
     return lines
 
 
+def _pair(g) -> str:
+    """Which budgets a gap compares: "400 steps", or "400 vs 1600 steps" across budgets."""
+    if g.baseline_steps is None or g.baseline_steps == g.steps:
+        return f"{g.steps} steps"
+    return f"{g.steps} vs {g.baseline_steps} steps"
+
+
 def verdict_lines(rows: Sequence[dict], resamples: int = 2000) -> list[str]:
     gfid, rfid, domain = (
         _label(rows, "gfid", "gFID"),
@@ -103,29 +112,32 @@ def verdict_lines(rows: Sequence[dict], resamples: int = 2000) -> list[str]:
     names = {"gfid": gfid, "domain_fd": domain, "rfid": rfid}
     lines = ["## Verdict", "", f"Rule: {RULE}.", ""]
     for width in widths(rows):
-        parts = []
-        for metric in ("gfid", "domain_fd"):
-            v = width_verdict(rows, width, metric)
-            if v.gap is None:
-                parts.append(f"by {names[metric]}: {v.verdict} (no budget with both presets)")
-            else:
-                parts.append(
-                    f"by {names[metric]}: **{v.verdict}** ({v.gap.gap.text()} at {v.gap.steps} steps)"
-                )
-        lines.append(f"- **{width_name(width)}**: " + "; ".join(parts))
-    lines += [
-        "",
-        f"### {PAPER} minus {BASELINE} at the same stage-1 steps (negative: the paper's direction)",
-        "",
-    ]
-    for width in widths(rows):
-        for metric in ("gfid", "domain_fd"):
-            for g in gaps(rows, width, metric):
-                ratio = f", {g.compute_ratio:.1f}x the baseline's tokenizer FLOPs" if g.compute_ratio else ""
-                lines.append(
-                    f"- {width_name(width)}, {g.steps} steps, {names[metric]}: {g.paper.text(signed=False)} - "
-                    f"{g.baseline.text(signed=False)} = {g.gap.text()}{ratio}"
-                )
+        for matched, how in ((False, "same steps"), (True, "matched compute")):
+            parts = []
+            for metric in ("gfid", "domain_fd"):
+                v = width_verdict(rows, width, metric, matched_compute=matched)
+                if v.gap is None:
+                    parts.append(f"by {names[metric]}: {v.verdict} (no pair of budgets)")
+                else:
+                    parts.append(
+                        f"by {names[metric]}: **{v.verdict}** ({v.gap.gap.text()} at {_pair(v.gap)})"
+                    )
+            lines.append(f"- **{width_name(width)}, {how}**: " + "; ".join(parts))
+    for matched, title in (
+        (False, "at the same stage-1 steps"),
+        (True, f"at matched compute (nearest budgets in FLOPs, within {MATCHED_COMPUTE_MAX_RATIO:g}x)"),
+    ):
+        lines += ["", f"### {PAPER} minus {BASELINE} {title} (negative: the paper's direction)", ""]
+        for width in widths(rows):
+            for metric in ("gfid", "domain_fd"):
+                for g in (matched_compute_gaps if matched else gaps)(rows, width, metric):
+                    ratio = (
+                        f", {g.compute_ratio:.1f}x the baseline's tokenizer FLOPs" if g.compute_ratio else ""
+                    )
+                    lines.append(
+                        f"- {width_name(width)}, {_pair(g)}, {names[metric]}: {g.paper.text(signed=False)} - "
+                        f"{g.baseline.text(signed=False)} = {g.gap.text()}{ratio}"
+                    )
     lines += ["", f"### Does {BASELINE} stop helping generation while it still reconstructs better?", ""]
     lines.append(
         "Change per doubling of tokenizer compute over the preset's last two budgets (negative = improving); "

@@ -6,12 +6,17 @@ The paper's claim (docs/vtp-method.md, section 1) in checkable form, per bottlen
   interval from the two rows' intervals (each side's half-widths added in quadrature, lower and
   upper separately, so a bootstrap's asymmetry is kept). The same for the domain metric
   (FD-judge, the low-variance one);
+* **the gap at matched compute**: the same difference between budgets of (nearly) equal tokenizer
+  FLOPs, each CLIP+SSL+AE budget against the AE-only budget nearest in log FLOPs (within
+  :data:`MATCHED_COMPUTE_MAX_RATIO`), the FLOP ratio stated: the paper's axis is compute, and a
+  CLIP+SSL+AE step costs several AE-only steps;
 * **the plateau**: AE-only's change in gFID and in rFID per doubling of tokenizer compute over
   its last two budgets, with intervals where the rows have them;
 * **the correlations**: Pearson r of probe, zero-shot and rFID with gFID over the points, with a
   percentile bootstrap over the points (resamples that draw a constant series are dropped).
 
-The verdict rule (:data:`RULE`) is applied to the gap at the largest budget both presets have.
+The verdict rule (:data:`RULE`) is applied to the gap at the largest budget both presets have, and
+to the matched-compute gap at the largest CLIP+SSL+AE budget that has a match.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ PAPER = "CLIP+SSL+AE"  # the objectives label of the preset the claim is about .
 BASELINE = "AE"  # ... and of the reconstruction-only baseline
 HOLDS, FAILS, CANNOT_TELL = "paper's direction holds here", "fails here", "cannot tell"
 RULE = (
-    f"at the largest stage-1 budget both presets reached at this width, the 95 % interval of "
+    f"at the largest stage-1 budget both presets reached at this width (same steps), or at the largest "
+    f"{PAPER} budget with an AE-only budget of matched compute, the 95 % interval of "
     f"{PAPER} minus {BASELINE} (lower is better) lies entirely below 0: {HOLDS!r}; entirely above 0: "
     f"{FAILS!r} (the baseline generates measurably better); it contains 0, or a row lacks an "
     f"interval: {CANNOT_TELL!r}"
@@ -114,12 +120,13 @@ def _preset_rows(rows: Sequence[dict], width, objectives: str) -> dict[int, dict
 
 @dataclass(frozen=True)
 class Gap:
-    steps: int
+    steps: int  # the paper preset's stage-1 steps
     metric: str
     paper: Estimate
     baseline: Estimate
     gap: Estimate
-    compute_ratio: float | None  # paper preset's tokenizer GFLOPs / the baseline's, same steps
+    compute_ratio: float | None  # paper preset's tokenizer GFLOPs / the baseline's
+    baseline_steps: int | None = None  # None: the same steps as the paper preset
 
 
 def gaps(rows: Sequence[dict], width, metric: str) -> list[Gap]:
@@ -133,6 +140,30 @@ def gaps(rows: Sequence[dict], width, metric: str) -> list[Gap]:
         fa, fb = paper[steps].get("tokenizer_gflops"), base[steps].get("tokenizer_gflops")
         ratio = fa / fb if _number(fa) and _number(fb) and fb > 0 else None
         out.append(Gap(steps, metric, a, b, difference(a, b), ratio))
+    return out
+
+
+# Two budgets count as matched compute when their tokenizer FLOPs differ by at most this factor.
+MATCHED_COMPUTE_MAX_RATIO = 2.0
+
+
+def matched_compute_gaps(rows: Sequence[dict], width, metric: str) -> list[Gap]:
+    """Paper preset minus baseline at (nearly) equal tokenizer FLOPs, paper budgets ascending: each
+    paper budget against the baseline budget nearest in log FLOPs, if within the max ratio."""
+    paper, base = _preset_rows(rows, width, PAPER), _preset_rows(rows, width, BASELINE)
+    flops = lambda row: row.get("tokenizer_gflops")  # noqa: E731
+    candidates = {s: r for s, r in base.items() if estimate(r, metric) and _number(flops(r)) and flops(r) > 0}
+    out = []
+    for steps in sorted(paper):
+        row, a = paper[steps], estimate(paper[steps], metric)
+        if a is None or not candidates or not _number(flops(row)) or flops(row) <= 0:
+            continue
+        nearest = min(candidates, key=lambda s: abs(math.log(flops(row) / flops(candidates[s]))))
+        ratio = flops(row) / flops(candidates[nearest])
+        if max(ratio, 1 / ratio) > MATCHED_COMPUTE_MAX_RATIO:
+            continue
+        b = estimate(candidates[nearest], metric)
+        out.append(Gap(steps, metric, a, b, difference(a, b), ratio, baseline_steps=nearest))
     return out
 
 
@@ -255,7 +286,11 @@ class WidthVerdict:
     gap: Gap | None  # the gap the rule was applied to (largest common budget)
 
 
-def width_verdict(rows: Sequence[dict], width, metric: str = "gfid") -> WidthVerdict:
-    found = gaps(rows, width, metric)
+def width_verdict(
+    rows: Sequence[dict], width, metric: str = "gfid", matched_compute: bool = False
+) -> WidthVerdict:
+    """:data:`RULE` on the largest budget's gap: same steps, or with ``matched_compute`` the
+    matched-compute gap of the largest paper-preset budget that has one."""
+    found = (matched_compute_gaps if matched_compute else gaps)(rows, width, metric)
     last = found[-1] if found else None
     return WidthVerdict(width, metric, direction(last.gap if last else None), last)
