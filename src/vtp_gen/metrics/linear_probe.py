@@ -262,6 +262,10 @@ def _standardiser(train: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]
     return lambda x: (x - mean) / std
 
 
+def _l2_name(feature_set: str, l2: float) -> str:
+    return f"{feature_set}_l2{l2:g}"
+
+
 def _fit_logistic(features: torch.Tensor, labels: torch.Tensor, num_classes: int, l2: float, max_iter: int):
     """Multinomial logistic regression, full batch, L-BFGS with strong-Wolfe line search; (W, b)."""
     weight = torch.zeros(features.shape[1], num_classes, dtype=features.dtype, requires_grad=True)
@@ -323,9 +327,9 @@ def fit_logistic_probes(
         fit, check = standardise(train[fit_index]), standardise(train[held_index])
         for l2 in l2_grid:
             model = _fit_logistic(fit, train_labels[fit_index], num_classes, l2, max_iter)
-            accuracies[f"{name}_l2{l2:g}"] = _accuracy(model, check, train_labels[held_index])
-        chosen = max(l2_grid, key=lambda l2: accuracies[f"{name}_l2{l2:g}"])
-        held_best[name] = (accuracies[f"{name}_l2{chosen:g}"], chosen)
+            accuracies[_l2_name(name, l2)] = _accuracy(model, check, train_labels[held_index])
+        chosen = max(l2_grid, key=lambda l2: accuracies[_l2_name(name, l2)])
+        held_best[name] = (accuracies[_l2_name(name, chosen)], chosen)
         standardise = _standardiser(train)
         model = _fit_logistic(standardise(train), train_labels, num_classes, chosen, max_iter)
         per_set[name] = _accuracy(model, standardise(val_sets[name].detach().double().cpu()), val_labels)
@@ -339,4 +343,4 @@ def fit_logistic_probes(
         "num_val": int(len(val_labels)),
         "num_classes": num_classes,
     }
-    return ProbeResult(accuracies, per_set[best], f"{best}_l2{held_best[best][1]:g}", per_set, settings)
+    return ProbeResult(accuracies, per_set[best], _l2_name(best, held_best[best][1]), per_set, settings)

@@ -666,7 +666,8 @@ def evaluate_probe_part(ctx: EvalContext) -> None:
         )
         method = (
             f"{channels}-d bottleneck features (CLS or mean latent), standardised, logistic regression "
-            f"(L-BFGS to convergence; feature set and L2 chosen on 20 % of the train features); "
+            f"(L-BFGS to convergence; feature set and L2 chosen on "
+            f"{result.settings['holdout_fraction']:.0%} of the train features); "
             f"cached features (no train-time augmentation)"
         )
         record(result, "linear_probe_bottleneck", method)

@@ -32,7 +32,7 @@ BASELINE = "AE"  # ... and of the reconstruction-only baseline
 HOLDS, FAILS, CANNOT_TELL = "paper's direction holds here", "fails here", "cannot tell"
 RULE = (
     f"at the largest stage-1 budget both presets reached at this width (same steps), or at the largest "
-    f"{PAPER} budget with an AE-only budget of matched compute, the 95 % interval of "
+    f"{PAPER} budget with an {BASELINE} budget of matched compute, the 95 % interval of "
     f"{PAPER} minus {BASELINE} (lower is better) lies entirely below 0: {HOLDS!r}; entirely above 0: "
     f"{FAILS!r} (the baseline generates measurably better); it contains 0, or a row lacks an "
     f"interval: {CANNOT_TELL!r}"
@@ -147,19 +147,24 @@ def gaps(rows: Sequence[dict], width, metric: str) -> list[Gap]:
 MATCHED_COMPUTE_MAX_RATIO = 2.0
 
 
+def _flops(row: dict) -> float | None:
+    """The row's tokenizer GFLOPs when usable on a log axis (a positive number), else None."""
+    value = row.get("tokenizer_gflops")
+    return float(value) if _number(value) and value > 0 else None
+
+
 def matched_compute_gaps(rows: Sequence[dict], width, metric: str) -> list[Gap]:
     """Paper preset minus baseline at (nearly) equal tokenizer FLOPs, paper budgets ascending: each
     paper budget against the baseline budget nearest in log FLOPs, if within the max ratio."""
     paper, base = _preset_rows(rows, width, PAPER), _preset_rows(rows, width, BASELINE)
-    flops = lambda row: row.get("tokenizer_gflops")  # noqa: E731
-    candidates = {s: r for s, r in base.items() if estimate(r, metric) and _number(flops(r)) and flops(r) > 0}
+    candidates = {s: r for s, r in base.items() if estimate(r, metric) and _flops(r)}
     out = []
     for steps in sorted(paper):
         row, a = paper[steps], estimate(paper[steps], metric)
-        if a is None or not candidates or not _number(flops(row)) or flops(row) <= 0:
+        if a is None or not candidates or not _flops(row):
             continue
-        nearest = min(candidates, key=lambda s: abs(math.log(flops(row) / flops(candidates[s]))))
-        ratio = flops(row) / flops(candidates[nearest])
+        nearest = min(candidates, key=lambda s: abs(math.log(_flops(row) / _flops(candidates[s]))))
+        ratio = _flops(row) / _flops(candidates[nearest])
         if max(ratio, 1 / ratio) > MATCHED_COMPUTE_MAX_RATIO:
             continue
         b = estimate(candidates[nearest], metric)
